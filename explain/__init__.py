@@ -1,0 +1,1 @@
+"""explain package (filled in by later issues)."""

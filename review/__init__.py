@@ -1,0 +1,1 @@
+"""review package (filled in by later issues)."""

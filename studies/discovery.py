@@ -29,7 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .geometry import StackGeometry, compute_stack_geometry
+from .geometry import GAP_SPLIT_FACTOR, StackGeometry, compute_stack_geometry, split_at_gaps
 from .sopclass import VOLUME_CLASSES, is_non_image, sop_class_name
 from .volume import StudyInfo
 
@@ -72,6 +72,7 @@ class FrameRef:
     intercept: float = 0.0
     instance_number: int | None = None
     slice_thickness: float | None = None
+    spacing_between_slices: float | None = None
     echo: float | None = None
     temporal: float | None = None
     stack_id: str | None = None
@@ -224,7 +225,7 @@ def _info_from(ds, source: str) -> StudyInfo:
 
 def _pixel_location(ds, path: Path) -> tuple[int | None, int | None, str | None]:
     """Offset/length of native pixel data and a problem message (truncated file) if any."""
-    elem = ds.get_item("PixelData") if "PixelData" in ds else None
+    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
     if elem is None:
         return None, None, None
     tell = getattr(elem, "value_tell", None)
@@ -256,6 +257,7 @@ def _frames_from_single(ds, path: Path, display: str) -> list[FrameRef]:
             intercept=_first_number(ds.get("RescaleIntercept"), 0.0),
             instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
             slice_thickness=_first_number(ds.get("SliceThickness")),
+            spacing_between_slices=_first_number(ds.get("SpacingBetweenSlices")),
             echo=_first_number(ds.get("EchoNumbers")),
             temporal=_first_number(ds.get("TemporalPositionIdentifier")),
             transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
@@ -506,9 +508,12 @@ def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped
                 skipped.append(Skipped(f.shown_path, f"image size {f.rows}x{f.cols} differs from the rest of its series ({rows}x{cols})"))
             else:
                 keep.append(f)
-        stacks.append((skey, keep))
+        slabs = split_at_gaps(keep)
+        for n_slab, slab in enumerate(slabs, 1):
+            note = f"slab {n_slab}/{len(slabs)}" if len(slabs) > 1 else ""
+            stacks.append((skey, slab, note))
 
-    for idx, (skey, members) in enumerate(stacks, 1):
+    for idx, (skey, members, slab_note) in enumerate(stacks, 1):
         entry = SeriesEntry(
             study_instance_uid=key[0],
             series_instance_uid=key[1],
@@ -526,8 +531,10 @@ def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped
                 parts.append(f"echo {echo:g}")
             if temporal is not None:
                 parts.append(f"time {temporal:g}")
-            if len({k[1] for k, _ in stacks}) > 1:
+            if len({k[1] for k, _, _ in stacks}) > 1:
                 parts.append(_orientation_name(np.array(ori)))
+            if slab_note:
+                parts.append(slab_note)
             entry.stack_label = f"{idx}/{len(stacks)}" + (f" ({', '.join(parts)})" if parts else "")
         geom, ordered, dups = compute_stack_geometry(members)
         for f, reason in dups:
@@ -535,6 +542,9 @@ def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped
         entry.frames = ordered
         entry.geometry = geom
         entry.warnings = list(geom.warnings)
+        if slab_note:
+            entry.warnings.insert(0, f"series split into separate slabs at gaps over {GAP_SPLIT_FACTOR:g}x the usual "
+                                     f"slice spacing ({slab_note})")
         entry.files = sorted({f.display_path or f.path for f in ordered})
         entries.append(entry)
     return entries

@@ -17,7 +17,11 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from .discovery import FrameRef
 
-__all__ = ["StackGeometry", "compute_stack_geometry"]
+__all__ = ["StackGeometry", "compute_stack_geometry", "split_at_gaps", "GAP_SPLIT_FACTOR"]
+
+#: A gap larger than this many median gaps splits a stack into separate slabs (interpolating
+#: across it would invent anatomy); smaller irregularities (missing slices) are resampled.
+GAP_SPLIT_FACTOR = 4.0
 
 #: Gaps may vary by this fraction of the mean gap (plus 0.01 mm) before a stack counts as
 #: non-uniform; a missing slice doubles one gap and is always caught.
@@ -54,6 +58,32 @@ class StackGeometry:
             "origin": [float(v) for v in self.origin],
             "direction": [float(v) for v in np.asarray(self.direction).ravel()],
         }
+
+
+def split_at_gaps(frames: list["FrameRef"]) -> list[list["FrameRef"]]:
+    """Split frames (any order) into contiguous slabs at gaps > :data:`GAP_SPLIT_FACTOR` x median.
+
+    Returns slabs in ascending position; a stack without such gaps comes back whole.
+    """
+    if len(frames) < 3:
+        return [list(frames)]
+    o = np.asarray(frames[0].orientation, float)
+    normal = np.cross(o[:3], o[3:])
+    proj = np.array([float(np.dot(f.position, normal)) for f in frames])
+    order = np.argsort(proj, kind="stable")
+    gaps = np.diff(proj[order])
+    positive = gaps[gaps > 1e-3]
+    if positive.size == 0:
+        return [list(frames)]
+    med = float(np.median(positive))
+    slabs, cur = [], [frames[order[0]]]
+    for g, idx in zip(gaps, order[1:]):
+        if g > GAP_SPLIT_FACTOR * med:
+            slabs.append(cur)
+            cur = []
+        cur.append(frames[idx])
+    slabs.append(cur)
+    return slabs
 
 
 def compute_stack_geometry(frames: list["FrameRef"]):
@@ -96,12 +126,11 @@ def compute_stack_geometry(frames: list["FrameRef"]):
     direction = np.column_stack([row, col, normal])
 
     if len(ordered) == 1:
-        thick = ordered[0].slice_thickness
-        warnings.append(
-            "single-slice series: slice spacing unknown, 1 mm used"
-            + (f" (Slice Thickness says {thick:g} mm)" if thick else "")
-        )
-        geom = StackGeometry((nx, ny, 1), (sx, sy, 1.0), tuple(origin), direction, pos, warnings=warnings)
+        # As ITK/GDCM: Spacing Between Slices (0018,0088) if present, else 1 mm.
+        sbs = ordered[0].spacing_between_slices
+        sz = float(sbs) if sbs and sbs > 0 else 1.0
+        warnings.append(f"single-slice series: slice spacing {'from Spacing Between Slices' if sbs else 'unknown, 1 mm used'}")
+        geom = StackGeometry((nx, ny, 1), (sx, sy, sz), tuple(origin), direction, pos, warnings=warnings)
         return geom, ordered, duplicates
 
     first, last = np.asarray(ordered[0].position, float), np.asarray(ordered[-1].position, float)

@@ -56,11 +56,11 @@ def load_image_file(path: str | os.PathLike, modality: str | None = None) -> Vol
     if not modality:
         lo = float(vol.array.min())
         info.modality = "CT" if lo <= -900 else "MR"
-        warnings.append(f"modality not recorded in {p.suffix} files; assumed {info.modality} from the value range "
+        vol.warnings.append(f"modality not recorded in {p.suffix} files; assumed {info.modality} from the value range "
                         f"(min {lo:g})")
     d = vol.direction
     if not np.allclose(d @ d.T, np.eye(3), atol=1e-4):
-        warnings.append("direction matrix is not orthonormal")
+        vol.warnings.append("direction matrix is not orthonormal")
     return vol
 
 

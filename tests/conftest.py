@@ -1,0 +1,84 @@
+"""Shared fixtures. All test data is real: ``../shared/data`` and the files pydicom ships.
+
+If ``../shared/data`` is missing the session fails loudly (never a silent skip).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RADREVIEW_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CT_SERIES = DATA / "ct-abdomen-dicom" / "series"
+
+
+def pytest_sessionstart(session):
+    if not CT_SERIES.is_dir():
+        raise pytest.UsageError(
+            f"test data missing: {CT_SERIES} not found. The tests need ../shared/data beside the "
+            "repository (see DEVELOPERS.md); set RADREVIEW_SHARED_DATA to point elsewhere."
+        )
+    os.environ.setdefault("RADREVIEW_DATA_MIRROR", str(DATA))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def ct_series() -> Path:
+    return CT_SERIES
+
+
+@pytest.fixture(scope="session")
+def ct_datasets():
+    """The sample CT's 20 slices, decoded, as pydicom datasets (sorted by file name)."""
+    out = []
+    for f in sorted(CT_SERIES.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.decompress()  # JPEG 2000 -> native, so tests can edit pixel data
+        out.append(ds)
+    return out
+
+
+def write_series(folder: Path, datasets, names=None) -> list[Path]:
+    """Write datasets as Explicit VR Little Endian files; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(datasets):
+        ds = copy.deepcopy(ds)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        p = folder / (names[i] if names else f"IM{i:04d}.dcm")
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def uncompressed_ct(tmp_path, ct_datasets):
+    """The sample CT re-written uncompressed with fresh UIDs (so tests may edit files)."""
+    series_uid = generate_uid()
+    dss = []
+    for ds in ct_datasets:
+        ds = copy.deepcopy(ds)
+        ds.SeriesInstanceUID = series_uid
+        ds.StudyInstanceUID = ds.StudyInstanceUID or "1.2.3.4"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        dss.append(ds)
+    folder = tmp_path / "ct"
+    paths = write_series(folder, dss)
+    return folder, paths, dss
+
+
+def pixel_sum_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b)

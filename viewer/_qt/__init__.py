@@ -1,0 +1,1 @@
+"""Qt widgets of the workstation (thin: all logic lives in viewer.model, studies, review...)."""

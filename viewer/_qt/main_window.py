@@ -1,0 +1,362 @@
+"""The workstation window: series browser, linked MPR + 3D views, W/L presets, progress."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QImage, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox, QDialog, QDockWidget, QFileDialog, QGridLayout, QLabel, QMainWindow, QMessageBox,
+    QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QToolBar, QTreeWidget,
+    QTreeWidgetItem, QVBoxLayout, QWidget,
+)
+
+from studies import ScanResult, SeriesEntry, Volume, is_image_file
+
+from ..model import PLANES, ViewerModel, volume_render_presets, window_presets
+from ..render import layout_viewports
+from .views import SliceView, VolumeView, grab_pixels
+from .workers import load_file_worker, load_worker, scan_worker
+
+__all__ = ["MainWindow", "SeriesBrowser", "SHORTCUTS"]
+
+SHORTCUTS = [
+    ("Left click / drag", "Move the crosshair; all views follow the LPS point"),
+    ("Mouse wheel, Up / Down", "Next / previous slice"),
+    ("PageUp / PageDown", "10 slices"),
+    ("Right drag", "Window (left-right) and level (up-down)"),
+    ("Middle drag", "Pan"),
+    ("Ctrl + wheel", "Zoom"),
+    ("R", "Reset zoom and pan of the view under focus"),
+    ("Left drag in 3D", "Rotate the 3D view"),
+    ("1 / 2 / 3 / 4", "Layout 2x2 / 1x3 / axial / 3D"),
+    ("Ctrl+O / Ctrl+Shift+O", "Open folder / open file"),
+    ("Ctrl+S", "Screenshot of the views to a PNG"),
+    ("F1", "This sheet"),
+]
+
+
+class SeriesBrowser(QTreeWidget):
+    """Study/series list: patient, study, series, modality, images, warnings.
+
+    Emits ``series_chosen(SeriesEntry)`` when a volume series is activated.
+    """
+
+    series_chosen = Signal(object)
+    COLUMNS = ["Patient", "Study", "Series", "Modality", "Images", "Warnings"]
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setColumnCount(len(self.COLUMNS))
+        self.setHeaderLabels(self.COLUMNS)
+        self.setRootIsDecorated(True)
+        self.setAlternatingRowColors(True)
+        self.entries: list[SeriesEntry] = []
+        self.itemActivated.connect(self._activated)
+        self.itemDoubleClicked.connect(self._activated)
+
+    def set_result(self, result: ScanResult) -> None:
+        self.clear()
+        self.entries = list(result.series)
+        studies: dict[str, QTreeWidgetItem] = {}
+        for entry in self.entries:
+            info = entry.info
+            skey = entry.study_instance_uid or info.study_date or "study"
+            if skey not in studies:
+                top = QTreeWidgetItem([info.patient_name or "(anonymous)", f"{info.study_date} {info.study_description}".strip(), "", "", "", ""])
+                self.addTopLevelItem(top)
+                studies[skey] = top
+            desc = entry.description or "(no description)"
+            if entry.stack_label:
+                desc += f" [{entry.stack_label}]"
+            if entry.kind != "volume":
+                desc += f" ({entry.sop_class_name})"
+            item = QTreeWidgetItem(["", "", desc, entry.modality, str(len(entry.frames) or len(entry.files)),
+                                    "; ".join(entry.warnings)])
+            item.setData(0, Qt.UserRole, self.entries.index(entry))
+            if entry.warnings:
+                item.setToolTip(5, "\n".join(entry.warnings))
+            if not entry.is_volume:
+                item.setDisabled(True)
+            studies[skey].addChild(item)
+        self.expandAll()
+        for c in range(len(self.COLUMNS)):
+            self.resizeColumnToContents(c)
+
+    def item_for(self, entry: SeriesEntry) -> QTreeWidgetItem | None:
+        idx = self.entries.index(entry)
+        for i in range(self.topLevelItemCount()):
+            top = self.topLevelItem(i)
+            for j in range(top.childCount()):
+                if top.child(j).data(0, Qt.UserRole) == idx:
+                    return top.child(j)
+        return None
+
+    def _activated(self, item, _col=0) -> None:
+        idx = item.data(0, Qt.UserRole)
+        if idx is not None and self.entries[idx].is_volume:
+            self.series_chosen.emit(self.entries[idx])
+
+
+class ShortcutSheet(QDialog):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("radreview keyboard and mouse")
+        table = QTableWidget(len(SHORTCUTS), 2, self)
+        table.setHorizontalHeaderLabels(["Input", "Action"])
+        for r, (k, v) in enumerate(SHORTCUTS):
+            table.setItem(r, 0, QTableWidgetItem(k))
+            table.setItem(r, 1, QTableWidgetItem(v))
+        table.resizeColumnsToContents()
+        close = QPushButton("Close", self)
+        close.clicked.connect(self.accept)
+        lay = QVBoxLayout(self)
+        lay.addWidget(table)
+        lay.addWidget(close)
+        self.resize(560, 420)
+        self.table = table
+
+
+class MainWindow(QMainWindow):
+    """The application window. ``model`` is the shared :class:`ViewerModel`."""
+
+    volume_loaded = Signal(object)
+    first_image_shown = Signal()
+    load_failed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("radreview")
+        self.model = ViewerModel()
+        self.views: dict[str, SliceView] = {p: SliceView(self.model, p) for p in PLANES}
+        self.view3d = VolumeView(self.model)
+        self.layout_name = "2x2"
+        self._worker = None
+        self.scan_result: ScanResult | None = None
+        self.current_entry: SeriesEntry | None = None
+
+        central = QWidget(self)
+        self.grid = QGridLayout(central)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(2)
+        self.setCentralWidget(central)
+
+        self.browser = SeriesBrowser()
+        self.browser.series_chosen.connect(self.load_entry)
+        dock = QDockWidget("Studies", self)
+        dock.setWidget(self.browser)
+        self.addDockWidget(Qt.LeftDockWidgetArea, dock)
+
+        self.readout = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(260)
+        self.progress.setVisible(False)
+        self.statusBar().addWidget(self.readout, 1)
+        self.statusBar().addPermanentWidget(self.progress)
+        for v in self.views.values():
+            v.readout.connect(self.readout.setText)
+
+        self._build_toolbar()
+        self.set_layout("2x2")
+        self.resize(1400, 900)
+
+    # ------------------------------------------------------------------ UI
+    def _build_toolbar(self) -> None:
+        tb = QToolBar("Main", self)
+        self.addToolBar(tb)
+        act = QAction("Open folder…", self, shortcut=QKeySequence("Ctrl+O"), triggered=self._ask_folder)
+        tb.addAction(act)
+        act = QAction("Open file…", self, shortcut=QKeySequence("Ctrl+Shift+O"), triggered=self._ask_file)
+        tb.addAction(act)
+        tb.addSeparator()
+        tb.addWidget(QLabel(" Layout "))
+        self.layout_box = QComboBox()
+        self.layout_box.addItems(["2x2", "1x3", "axial", "coronal", "sagittal", "3d"])
+        self.layout_box.currentTextChanged.connect(self.set_layout)
+        tb.addWidget(self.layout_box)
+        tb.addWidget(QLabel(" W/L "))
+        self.preset_box = QComboBox()
+        self.preset_box.addItems(["(header)"] + list(window_presets()) + ["auto"])
+        self.preset_box.textActivated.connect(self._preset_chosen)
+        tb.addWidget(self.preset_box)
+        tb.addWidget(QLabel(" 3D "))
+        self.preset3d_box = QComboBox()
+        self.preset3d_box.addItems(list(volume_render_presets()))
+        self.preset3d_box.currentTextChanged.connect(self.view3d.set_preset)
+        tb.addWidget(self.preset3d_box)
+        tb.addSeparator()
+        tb.addAction(QAction("Screenshot…", self, shortcut=QKeySequence("Ctrl+S"), triggered=self._ask_screenshot))
+        help_act = QAction("Shortcuts", self, shortcut=QKeySequence(Qt.Key_F1), triggered=self.show_shortcuts)
+        tb.addAction(help_act)
+        for key, name in (("1", "2x2"), ("2", "1x3"), ("3", "axial"), ("4", "3d")):
+            a = QAction(self, shortcut=QKeySequence(key), triggered=lambda _=False, n=name: self.layout_box.setCurrentText(n))
+            self.addAction(a)
+        self.toolbar = tb
+
+    def show_shortcuts(self) -> ShortcutSheet:
+        sheet = ShortcutSheet(self)
+        sheet.show()
+        self._sheet = sheet
+        return sheet
+
+    def set_layout(self, name: str) -> None:
+        ports = layout_viewports(name)
+        widgets = {**self.views, "3d": self.view3d}
+        for w in widgets.values():
+            self.grid.removeWidget(w)
+            w.setVisible(False)
+        for i in range(4):
+            self.grid.setRowStretch(i, 0)
+            self.grid.setColumnStretch(i, 0)
+        for view_name, (x0, y0, x1, y1) in ports.items():
+            w = widgets[view_name]
+            if name == "2x2":
+                r, c = (0 if y0 >= 0.5 else 1), (0 if x0 < 0.5 else 1)
+            elif name == "1x3":
+                r, c = 0, int(round(x0 * 3))
+            else:
+                r, c = 0, 0
+            self.grid.addWidget(w, r, c)
+            self.grid.setRowStretch(r, 1)
+            self.grid.setColumnStretch(c, 1)
+            w.setVisible(True)
+        self.layout_name = name
+        if self.layout_box.currentText() != name:
+            self.layout_box.setCurrentText(name)
+
+    def _preset_chosen(self, name: str) -> None:
+        if self.model.volume is None:
+            return
+        if name == "(header)":
+            (c, w), preset = ViewerModel.default_window(self.model.volume)
+            self.model.set_window(c, w, preset)
+        else:
+            self.model.apply_preset(name)
+
+    # ------------------------------------------------------------------ loading
+    def _ask_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open DICOM folder")
+        if path:
+            self.open_path(path)
+
+    def _ask_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", "", "Images (*.nii *.nii.gz *.nrrd *.mha *.mhd *.zip DICOMDIR *.dcm);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def _cancel_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._worker = None
+
+    def open_path(self, path: str) -> None:
+        """Open a DICOM folder/zip/DICOMDIR/file or an image file, off the GUI thread."""
+        self._cancel_worker()
+        self.setWindowTitle(f"radreview — {path}")
+        self._show_progress("Scanning", 0, 0)
+        if is_image_file(path):
+            worker = load_file_worker(path)
+            worker.returned.connect(self._volume_ready)
+        else:
+            worker = scan_worker(path)
+            worker.yielded.connect(lambda p: self._show_progress("Scanning", p[1], p[2]))
+            worker.returned.connect(self._scan_ready)
+        worker.errored.connect(self._failed)
+        self._worker = worker
+        worker.start()
+
+    def _scan_ready(self, result: ScanResult) -> None:
+        self.scan_result = result
+        self.browser.set_result(result)
+        vols = result.volumes
+        if result.skipped:
+            self.statusBar().showMessage(f"{len(result.skipped)} file(s) skipped (see Studies tooltips / radreview info)", 8000)
+        if not vols:
+            self._hide_progress()
+            self._failed(RuntimeError(f"no image volume in {result.root}"))
+            return
+        best = max(vols, key=lambda e: len(e.frames))
+        item = self.browser.item_for(best)
+        if item is not None:
+            self.browser.setCurrentItem(item)
+        self.load_entry(best)
+
+    def load_entry(self, entry: SeriesEntry) -> None:
+        self._cancel_worker()
+        self.current_entry = entry
+        self._preview_done = False
+        worker = load_worker(entry)
+        worker.yielded.connect(self._load_progress)
+        worker.returned.connect(self._volume_ready)
+        worker.errored.connect(self._failed)
+        self._worker = worker
+        worker.start()
+
+    def _load_progress(self, p) -> None:
+        _, done, total, preview = p
+        self._show_progress("Loading", done, total)
+        if preview is not None and not self._preview_done:
+            k, sl = preview
+            self._preview_done = True
+            self.model.set_volume(self._preview_volume(k, sl))
+            self.first_image_shown.emit()
+
+    def _preview_volume(self, k: int, sl: np.ndarray) -> Volume:
+        e = self.current_entry
+        g = e.geometry
+        f = e.frames[k]
+        return Volume(np.asarray(sl)[None], spacing=(g.spacing[0], g.spacing[1], g.spacing[2]),
+                      origin=tuple(f.position), direction=g.direction, info=e.info,
+                      warnings=["preview: loading the rest of the series"])
+
+    def _volume_ready(self, volume: Volume) -> None:
+        self._worker = None
+        self._hide_progress()
+        self.model.set_volume(volume)
+        self.preset_box.setCurrentIndex(0)
+        if volume.warnings:
+            self.statusBar().showMessage("; ".join(volume.warnings), 10000)
+        self.volume_loaded.emit(volume)
+
+    def _failed(self, exc: Exception) -> None:
+        self._worker = None
+        self._hide_progress()
+        msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (RuntimeError, ValueError, FileNotFoundError)) else str(exc)
+        self.statusBar().showMessage(msg, 15000)
+        self.load_failed.emit(msg)
+
+    def _show_progress(self, what: str, done: int, total: int) -> None:
+        self.progress.setVisible(True)
+        self.progress.setFormat(f"{what} %v/%m")
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _hide_progress(self) -> None:
+        self.progress.setVisible(False)
+
+    # ------------------------------------------------------------------ screenshot
+    def _ask_screenshot(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "radreview.png", "PNG (*.png)")
+        if path:
+            self.save_screenshot(path)
+
+    def save_screenshot(self, path: str) -> np.ndarray:
+        """Write the visible views, tiled as on screen, to a PNG; returns the RGB pixels."""
+        central = self.centralWidget()
+        ratio = central.devicePixelRatioF()
+        h, w = int(central.height() * ratio), int(central.width() * ratio)
+        canvas = np.zeros((h, w, 3), dtype=np.uint8)
+        for v in [*self.views.values(), self.view3d]:
+            if not v.isVisible():
+                continue
+            px = grab_pixels(v)
+            x0, y0 = int(v.x() * ratio), int(v.y() * ratio)
+            ph, pw = min(px.shape[0], h - y0), min(px.shape[1], w - x0)
+            canvas[y0 : y0 + ph, x0 : x0 + pw] = px[:ph, :pw]
+        img = QImage(canvas.data, w, h, 3 * w, QImage.Format_RGB888)
+        if not img.save(str(path)):
+            raise OSError(f"{path}: could not write PNG")
+        return canvas

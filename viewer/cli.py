@@ -1,0 +1,162 @@
+"""``radreview`` command line.
+
+Contract (scripts rely on it): exit status 0 on success; otherwise non-zero with a one-line
+``radreview: error: ...`` on stderr. ``info --json`` prints exactly one JSON object.
+
+Sub-commands: ``info PATH [--json]``, ``open PATH``, ``demo``, ``snapshot PATH --out FILE.png
+[--layout ...] [--preset NAME]``. Qt and VTK are imported only by the commands that draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def _info(args) -> int:
+    from studies import is_image_file, load_image_file, scan
+
+    path = args.path
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file or folder")
+    if is_image_file(path):
+        try:
+            vol = load_image_file(path)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        entry = {
+            "study_instance_uid": "", "series_instance_uid": "", "modality": vol.info.modality,
+            "description": vol.info.series_description, "sop_class": "", "kind": "volume", "files": 1,
+            **vol.geometry_dict(), "warnings": vol.warnings,
+        }
+        data = {"series": [entry], "skipped": []}
+    else:
+        result = scan(path)
+        try:
+            data = result.as_dict()
+        finally:
+            result.cleanup()
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    for s in data["series"]:
+        geo = ""
+        if "size" in s:
+            geo = "  {}x{}x{}  spacing {}".format(*s["size"], "x".join(f"{v:.4g}" for v in s["spacing"]))
+        stack = f" [{s['stack']}]" if s.get("stack") else ""
+        print(f"{s['modality'] or '??':3} {s['description'] or '(no description)'}{stack}  "
+              f"{s['files']} file(s)  {s.get('sop_class_name') or s['sop_class']}{geo}")
+        print(f"    study {s['study_instance_uid']}\n    series {s['series_instance_uid']}")
+        for w in s["warnings"]:
+            print(f"    warning: {w}")
+    if data["skipped"]:
+        print(f"skipped {len(data['skipped'])} file(s):")
+        for sk in data["skipped"]:
+            print(f"    {sk['path']}: {sk['reason']}")
+    if not data["series"]:
+        raise CliError(f"{path}: no DICOM series found")
+    return 0
+
+
+def _demo_path() -> str:
+    from studies.sample import SampleDataError, sample_ct_path
+
+    try:
+        return str(sample_ct_path())
+    except SampleDataError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _open_gui(path: str, args) -> int:
+    from viewer._qt.app import run_app
+
+    return run_app(path, layout=args.layout, preset=args.preset, quit_after_ms=args.quit_after_ms)
+
+
+def _snapshot(args) -> int:
+    from studies import LoadError, open_volume
+
+    if args.layout not in ("2x2", "1x3", "axial", "coronal", "sagittal", "3d"):
+        raise CliError(f"unknown layout {args.layout!r}")
+    try:
+        vol = open_volume(args.path)
+    except (FileNotFoundError, LoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    from viewer.xvfb import ensure_display
+
+    ensure_display()
+    from viewer.model import ViewerModel
+    from viewer.render import snapshot
+
+    model = ViewerModel(vol)
+    if args.preset:
+        try:
+            model.apply_preset(args.preset)
+        except KeyError as exc:
+            raise CliError(str(exc.args[0])) from None
+    cursor = None
+    if args.cursor:
+        cursor = [float(v) for v in args.cursor.split(",")]
+        if len(cursor) != 3:
+            raise CliError("--cursor takes x,y,z in LPS mm")
+    size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
+    snapshot(model, args.out, layout=args.layout, size=size, preset3d=args.preset3d, cursor_lps=cursor)
+    print(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radreview", description="Review medical-imaging AI output on CT/MR studies.")
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("info", help="list the studies and series found under PATH")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    for name in ("open", "demo"):
+        o = sub.add_parser(name, help="open the GUI on PATH" if name == "open" else "open the GUI on the sample CT")
+        if name == "open":
+            o.add_argument("path")
+        o.add_argument("--layout", default="2x2", choices=["2x2", "1x3", "axial", "coronal", "sagittal", "3d"])
+        o.add_argument("--preset", default=None, help="W/L preset (brain, lung, bone, ...)")
+        o.add_argument("--quit-after-ms", type=int, default=None, help=argparse.SUPPRESS)
+    s = sub.add_parser("snapshot", help="render offscreen to a PNG")
+    s.add_argument("path")
+    s.add_argument("--out", required=True)
+    s.add_argument("--layout", default="2x2")
+    s.add_argument("--preset", default=None, help="W/L preset for the 2-D views")
+    s.add_argument("--preset3d", default="bone", help="3D preset: bone, soft tissue, lung")
+    s.add_argument("--size", default=None, help="WxH in pixels")
+    s.add_argument("--cursor", default=None, help="crosshair at x,y,z (LPS mm)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            return _info(args)
+        if args.command == "snapshot":
+            return _snapshot(args)
+        if args.command == "open":
+            if not os.path.exists(args.path):
+                raise CliError(f"{args.path}: no such file or folder")
+            return _open_gui(args.path, args)
+        if args.command == "demo":
+            return _open_gui(_demo_path(), args)
+    except CliError as exc:
+        print(f"radreview: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

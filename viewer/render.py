@@ -1,0 +1,403 @@
+"""VTK scenes for the MPR and 3D views, and the offscreen snapshot.
+
+A scene owns a ``vtkRenderer`` and its actors and knows nothing about Qt: the Qt widgets in
+:mod:`viewer._qt` host the renderers, and :func:`snapshot` puts the same scenes into an
+offscreen render window. Everything here runs on the GUI thread only.
+
+World coordinates of a 2-D scene are millimetres in the slice plane: screen pixel
+``(row, col)`` of the slice image is drawn at ``x = col * col_spacing``,
+``y = (rows - 1 - row) * row_spacing`` (VTK's y axis points up, image rows go down).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from studies.volume import Volume
+
+from .model import PLANES, ViewerModel, apply_window, volume_render_presets
+
+__all__ = ["volume_to_vtk", "SliceScene", "VolumeScene", "snapshot", "LAYOUTS", "layout_viewports"]
+
+CROSSHAIR_RGB = (0.0, 1.0, 0.0)  # pure green: render tests look for it
+LAYOUTS = ("2x2", "1x3", "axial", "coronal", "sagittal", "3d")
+
+
+def volume_to_vtk(volume: Volume, max_dim: int | None = None) -> vtk.vtkImageData:
+    """A ``vtkImageData`` with the volume's origin, spacing and direction (LPS world, mm).
+
+    ``max_dim`` strides the array so no axis exceeds it (the spacing grows accordingly), used
+    for the 3D view on large series. Scalars are copied, array order ``(z, y, x)`` maps to VTK's
+    x-fastest point order.
+    """
+    arr = volume.array
+    spacing = np.array(volume.spacing, dtype=float)
+    if max_dim:
+        steps = [max(1, int(np.ceil(n / max_dim))) for n in arr.shape]  # (z, y, x)
+        if any(s > 1 for s in steps):
+            arr = arr[:: steps[0], :: steps[1], :: steps[2]]
+            spacing = spacing * np.array(steps[::-1])
+    arr = np.ascontiguousarray(arr)
+    img = vtk.vtkImageData()
+    img.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
+    img.SetSpacing(*spacing)
+    img.SetOrigin(*volume.origin)
+    img.SetDirectionMatrix(*[float(v) for v in volume.direction.ravel()])
+    vtk_arr = numpy_support.numpy_to_vtk(arr.ravel(), deep=True)
+    vtk_arr.SetName("values")
+    img.GetPointData().SetScalars(vtk_arr)
+    return img
+
+
+def _rgb_image(rgb: np.ndarray, spacing_rc: tuple[float, float], target: vtk.vtkImageData | None = None):
+    rows, cols, _ = rgb.shape
+    img = target or vtk.vtkImageData()
+    img.SetDimensions(cols, rows, 1)
+    img.SetSpacing(spacing_rc[1], spacing_rc[0], 1.0)
+    img.SetOrigin(0.0, 0.0, 0.0)
+    flipped = np.ascontiguousarray(rgb[::-1]).reshape(-1, 3)
+    arr = numpy_support.numpy_to_vtk(flipped, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    arr.SetName("rgb")
+    img.GetPointData().SetScalars(arr)
+    img.Modified()
+    return img
+
+
+class SliceScene:
+    """One MPR plane: the windowed slice, crosshair, orientation letters and corner text.
+
+    Parameters
+    ----------
+    model : ViewerModel
+    plane : {"axial", "coronal", "sagittal"}
+    """
+
+    def __init__(self, model: ViewerModel, plane: str) -> None:
+        if plane not in PLANES:
+            raise ValueError(f"unknown plane {plane!r}")
+        self.model = model
+        self.plane = plane
+        self.renderer = vtk.vtkRenderer()
+        self.renderer.SetBackground(0, 0, 0)
+        self.image = vtk.vtkImageData()
+        self.actor = vtk.vtkImageActor()
+        self.actor.GetMapper().SetInputData(self.image)
+        self.actor.InterpolateOff()
+        self.renderer.AddActor(self.actor)
+        self.lines = []
+        for _ in range(2):
+            src = vtk.vtkLineSource()
+            mapper = vtk.vtkPolyDataMapper()
+            mapper.SetInputConnection(src.GetOutputPort())
+            actor = vtk.vtkActor()
+            actor.SetMapper(mapper)
+            prop = actor.GetProperty()
+            prop.SetColor(*CROSSHAIR_RGB)
+            prop.SetLineWidth(1.0)
+            prop.LightingOff()
+            self.renderer.AddActor(actor)
+            self.lines.append((src, actor))
+        self.corner = vtk.vtkCornerAnnotation()
+        self.corner.SetMaximumFontSize(14)
+        self.corner.SetLinearFontScaleFactor(2)
+        self.corner.GetTextProperty().SetColor(0.9, 0.9, 0.6)
+        self.renderer.AddViewProp(self.corner)
+        self.letters = []
+        for pos in ((0.01, 0.5), (0.975, 0.5), (0.5, 0.965), (0.5, 0.01)):
+            t = vtk.vtkTextActor()
+            t.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
+            t.GetPositionCoordinate().SetValue(*pos)
+            tp = t.GetTextProperty()
+            tp.SetFontSize(15)
+            tp.SetBold(True)
+            tp.SetColor(1.0, 0.8, 0.2)
+            self.renderer.AddViewProp(t)
+            self.letters.append(t)
+        self.overlay_hooks: list = []  # callables(rgb, plane, slice_index) -> rgb, for later overlays
+        self._shape: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ content
+    def update_image(self) -> None:
+        m = self.model
+        if m.volume is None:
+            return
+        mapping = m.mappings[self.plane]
+        values = m.slice_image(self.plane)
+        gray = apply_window(values, *m.window)
+        if m.volume.info.invert_grayscale:
+            gray = 255 - gray
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+        for hook in self.overlay_hooks:
+            rgb = hook(rgb, self.plane, m.slice_index(self.plane))
+        _rgb_image(rgb, mapping.pixel_spacing, self.image)
+        if self._shape != mapping.shape:
+            self._shape = mapping.shape
+            for t, letter in zip(self.letters, mapping.edge_letters):
+                t.SetInput(letter)
+            self.reset_camera()
+        self.update_cursor()
+        self.update_text()
+
+    def update_cursor(self) -> None:
+        m = self.model
+        if m.volume is None:
+            return
+        mapping = m.mappings[self.plane]
+        rows, cols = mapping.shape
+        sr, sc = mapping.pixel_spacing
+        r, c = m.cursor_on_screen(self.plane)
+        x, y = self.screen_to_world(r, c)
+        z = 0.5
+        (h, _), (v, _) = self.lines
+        h.SetPoint1(-0.5 * sc, y, z)
+        h.SetPoint2((cols - 0.5) * sc, y, z)
+        v.SetPoint1(x, -0.5 * sr, z)
+        v.SetPoint2(x, (rows - 0.5) * sr, z)
+        h.Modified()
+        v.Modified()
+
+    def update_text(self) -> None:
+        m = self.model
+        vol = m.volume
+        info = vol.info
+        mapping = m.mappings[self.plane]
+        k = m.slice_index(self.plane)
+        c, w = m.window
+        self.corner.SetText(2, f"{info.patient_name or 'anonymous'}\n{info.patient_id}\n{_date(info.study_date)}")
+        self.corner.SetText(3, f"{info.modality} {info.series_number}\n{info.series_description}\n{self.plane}")
+        self.corner.SetText(0, f"Slice {k + 1}/{mapping.n_slices}\n{_pos_label(self.plane)} {m.slice_position_mm(self.plane):.1f} mm")
+        self.corner.SetText(1, f"W {w:.0f}  L {c:.0f}" + (f"\n{m.preset}" if m.preset else ""))
+
+    # ------------------------------------------------------------------ camera / coordinates
+    def reset_camera(self) -> None:
+        mapping = self.model.mappings[self.plane]
+        rows, cols = mapping.shape
+        sr, sc = mapping.pixel_spacing
+        cx, cy = (cols - 1) * sc / 2, (rows - 1) * sr / 2
+        cam = self.renderer.GetActiveCamera()
+        cam.ParallelProjectionOn()
+        cam.SetFocalPoint(cx, cy, 0)
+        cam.SetPosition(cx, cy, 1000)
+        cam.SetViewUp(0, 1, 0)
+        cam.SetClippingRange(1, 2000)
+        aspect = self._aspect()
+        half_h, half_w = rows * sr / 2, cols * sc / 2
+        cam.SetParallelScale(max(half_h, half_w / aspect) * 1.02)
+
+    def _aspect(self) -> float:
+        win = self.renderer.GetRenderWindow()
+        if win is None:
+            return 1.0
+        w, h = win.GetSize()
+        vp = self.renderer.GetViewport()
+        pw, ph = (vp[2] - vp[0]) * w, (vp[3] - vp[1]) * h
+        return pw / ph if ph > 0 and pw > 0 else 1.0
+
+    def screen_to_world(self, row: float, col: float) -> tuple[float, float]:
+        mapping = self.model.mappings[self.plane]
+        rows, _ = mapping.shape
+        sr, sc = mapping.pixel_spacing
+        return col * sc, (rows - 1 - row) * sr
+
+    def world_to_screen(self, x: float, y: float) -> tuple[float, float]:
+        mapping = self.model.mappings[self.plane]
+        rows, _ = mapping.shape
+        sr, sc = mapping.pixel_spacing
+        return (rows - 1) - y / sr, x / sc
+
+    def display_to_screen(self, x: float, y: float) -> tuple[float, float]:
+        """Image ``(row, col)`` under display pixel ``(x, y)`` (VTK display coords, origin bottom-left)."""
+        ren = self.renderer
+        ren.SetDisplayPoint(x, y, 0)
+        ren.DisplayToWorld()
+        wx, wy, _, w = ren.GetWorldPoint()
+        if w:
+            wx, wy = wx / w, wy / w
+        return self.world_to_screen(wx, wy)
+
+    def screen_to_display(self, row: float, col: float) -> tuple[float, float]:
+        """Display pixel ``(x, y)`` (origin bottom-left) of image ``(row, col)``."""
+        wx, wy = self.screen_to_world(row, col)
+        ren = self.renderer
+        ren.SetWorldPoint(wx, wy, 0, 1)
+        ren.WorldToDisplay()
+        x, y, _ = ren.GetDisplayPoint()
+        return x, y
+
+    def zoom(self, factor: float) -> None:
+        self.renderer.GetActiveCamera().Zoom(factor)
+
+    def pan(self, dx_display: float, dy_display: float) -> None:
+        """Move the image by a display-pixel delta."""
+        cam = self.renderer.GetActiveCamera()
+        win = self.renderer.GetRenderWindow()
+        h = win.GetSize()[1] * (self.renderer.GetViewport()[3] - self.renderer.GetViewport()[1]) if win else 512
+        mm_per_px = 2 * cam.GetParallelScale() / max(h, 1)
+        fx, fy, fz = cam.GetFocalPoint()
+        px, py, pz = cam.GetPosition()
+        ddx, ddy = -dx_display * mm_per_px, -dy_display * mm_per_px
+        cam.SetFocalPoint(fx + ddx, fy + ddy, fz)
+        cam.SetPosition(px + ddx, py + ddy, pz)
+
+
+def _pos_label(plane: str) -> str:
+    return {"axial": "z", "coronal": "y", "sagittal": "x"}[plane]
+
+
+def _date(d: str) -> str:
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
+
+
+class VolumeScene:
+    """3D view: GPU/CPU ray casting with ``vtkSmartVolumeMapper`` and CT transfer-function presets.
+
+    Large series are strided to at most ``max_dim`` voxels per axis for interactivity (the
+    2-D views always show full resolution).
+    """
+
+    def __init__(self, model: ViewerModel, preset: str = "bone", max_dim: int = 256) -> None:
+        self.model = model
+        self.max_dim = max_dim
+        self.renderer = vtk.vtkRenderer()
+        self.renderer.SetBackground(0.08, 0.08, 0.1)
+        self.mapper = vtk.vtkSmartVolumeMapper()
+        self.prop = vtk.vtkVolumeProperty()
+        self.prop.ShadeOn()
+        self.prop.SetInterpolationTypeToLinear()
+        self.prop.SetAmbient(0.3)
+        self.prop.SetDiffuse(0.7)
+        self.prop.SetSpecular(0.2)
+        self.volume = vtk.vtkVolume()
+        self.volume.SetMapper(self.mapper)
+        self.volume.SetProperty(self.prop)
+        self.renderer.AddVolume(self.volume)
+        sphere = vtk.vtkSphereSource()
+        sphere.SetRadius(3.0)
+        cm = vtk.vtkPolyDataMapper()
+        cm.SetInputConnection(sphere.GetOutputPort())
+        self.cursor_actor = vtk.vtkActor()
+        self.cursor_actor.SetMapper(cm)
+        self.cursor_actor.GetProperty().SetColor(*CROSSHAIR_RGB)
+        self.renderer.AddActor(self.cursor_actor)
+        self.label = vtk.vtkCornerAnnotation()
+        self.label.SetMaximumFontSize(14)
+        self.renderer.AddViewProp(self.label)
+        self.preset = preset
+        self._data: vtk.vtkImageData | None = None
+
+    def set_volume(self, volume: Volume) -> None:
+        self._data = volume_to_vtk(volume, self.max_dim)
+        self.mapper.SetInputData(self._data)
+        self.apply_preset(self.preset)
+        self.reset_camera()
+        self.update_cursor()
+
+    def apply_preset(self, name: str) -> None:
+        """Apply a 3D preset (``bone``, ``soft tissue``, ``lung``).
+
+        Raises
+        ------
+        KeyError
+            If the preset is unknown.
+        """
+        presets = volume_render_presets()
+        if name not in presets:
+            raise KeyError(f"unknown 3D preset {name!r}; known: {', '.join(presets)}")
+        p = presets[name]
+        otf = vtk.vtkPiecewiseFunction()
+        for hu, a in p["opacity"]:
+            otf.AddPoint(hu, a)
+        ctf = vtk.vtkColorTransferFunction()
+        for hu, r, g, b in p["color"]:
+            ctf.AddRGBPoint(hu, r, g, b)
+        self.prop.SetScalarOpacity(otf)
+        self.prop.SetColor(ctf)
+        self.preset = name
+        self.label.SetText(3, f"3D: {name}")
+
+    def reset_camera(self) -> None:
+        vol = self.model.volume
+        c = vol.center_lps()
+        nx, ny, nz = vol.size
+        diag = float(np.linalg.norm(np.array([nx, ny, nz]) * np.array(vol.spacing)))
+        cam = self.renderer.GetActiveCamera()
+        cam.ParallelProjectionOff()
+        cam.SetFocalPoint(*c)
+        cam.SetPosition(c[0], c[1] - 2.2 * diag, c[2])  # anterior view: camera at -y (anterior)
+        cam.SetViewUp(0, 0, 1)
+        self.renderer.ResetCameraClippingRange()
+        self.renderer.ResetCamera()
+
+    def update_cursor(self) -> None:
+        self.cursor_actor.SetPosition(*self.model.cursor)
+
+
+def layout_viewports(layout: str) -> dict[str, tuple[float, float, float, float]]:
+    """Viewport rectangles ``(xmin, ymin, xmax, ymax)`` of each view for a layout.
+
+    Raises
+    ------
+    ValueError
+        If the layout is unknown.
+    """
+    if layout == "2x2":
+        return {"axial": (0, 0.5, 0.5, 1), "coronal": (0.5, 0.5, 1, 1), "sagittal": (0, 0, 0.5, 0.5), "3d": (0.5, 0, 1, 0.5)}
+    if layout == "1x3":
+        return {"axial": (0, 0, 1 / 3, 1), "coronal": (1 / 3, 0, 2 / 3, 1), "sagittal": (2 / 3, 0, 1, 1)}
+    if layout in ("axial", "coronal", "sagittal", "3d"):
+        return {layout: (0, 0, 1, 1)}
+    raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+
+
+def snapshot(model: ViewerModel, out_path: str, layout: str = "2x2", size: tuple[int, int] | None = None,
+             preset3d: str = "bone", cursor_lps=None) -> np.ndarray:
+    """Render ``model`` offscreen in ``layout`` and write a PNG; returns the RGB pixels ``(h, w, 3)``.
+
+    Needs an X display or an offscreen-capable OpenGL (the CLI starts Xvfb when none is set).
+
+    Raises
+    ------
+    ValueError
+        For an unknown layout.
+    """
+    ports = layout_viewports(layout)
+    if size is None:
+        size = {"2x2": (1024, 1024), "1x3": (1536, 512)}.get(layout, (768, 768))
+    win = vtk.vtkRenderWindow()
+    win.SetOffScreenRendering(1)
+    win.SetSize(*size)
+    win.SetMultiSamples(0)
+    scenes = []
+    if cursor_lps is not None:
+        model.set_cursor(cursor_lps)
+    for name, vp in ports.items():
+        if name == "3d":
+            scene = VolumeScene(model, preset=preset3d)
+            scene.set_volume(model.volume)
+        else:
+            scene = SliceScene(model, name)
+        scene.renderer.SetViewport(*vp)
+        win.AddRenderer(scene.renderer)
+        scenes.append(scene)
+    win.Render()
+    for scene in scenes:
+        if isinstance(scene, SliceScene):
+            scene._shape = None
+            scene.update_image()
+    win.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(win)
+    grab.SetInputBufferTypeToRGB()
+    grab.ReadFrontBufferOff()
+    grab.Update()
+    writer = vtk.vtkPNGWriter()
+    writer.SetFileName(str(out_path))
+    writer.SetInputConnection(grab.GetOutputPort())
+    writer.Write()
+    out = grab.GetOutput()
+    w, h, _ = out.GetDimensions()
+    pixels = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)[::-1]
+    win.Finalize()
+    return pixels.copy()

@@ -272,7 +272,6 @@ class VolumeScene:
         self.volume = vtk.vtkVolume()
         self.volume.SetMapper(self.mapper)
         self.volume.SetProperty(self.prop)
-        self.renderer.AddVolume(self.volume)
         sphere = vtk.vtkSphereSource()
         sphere.SetRadius(3.0)
         cm = vtk.vtkPolyDataMapper()
@@ -290,6 +289,8 @@ class VolumeScene:
     def set_volume(self, volume: Volume) -> None:
         self._data = volume_to_vtk(volume, self.max_dim)
         self.mapper.SetInputData(self._data)
+        if not self.renderer.HasViewProp(self.volume):
+            self.renderer.AddVolume(self.volume)
         self.apply_preset(self.preset)
         self.reset_camera()
         self.update_cursor()
@@ -352,10 +353,11 @@ def layout_viewports(layout: str) -> dict[str, tuple[float, float, float, float]
 
 
 def snapshot(model: ViewerModel, out_path: str, layout: str = "2x2", size: tuple[int, int] | None = None,
-             preset3d: str = "bone", cursor_lps=None) -> np.ndarray:
+             preset3d: str = "bone", cursor_lps=None, scenes_out: list | None = None) -> np.ndarray:
     """Render ``model`` offscreen in ``layout`` and write a PNG; returns the RGB pixels ``(h, w, 3)``.
 
     Needs an X display or an offscreen-capable OpenGL (the CLI starts Xvfb when none is set).
+    ``scenes_out``, if given, receives the scenes (to map image positions to pixels in tests).
 
     Raises
     ------
@@ -399,5 +401,9 @@ def snapshot(model: ViewerModel, out_path: str, layout: str = "2x2", size: tuple
     out = grab.GetOutput()
     w, h, _ = out.GetDimensions()
     pixels = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)[::-1]
-    win.Finalize()
+    if scenes_out is not None:  # the caller keeps the window alive to map coordinates
+        scenes_out.extend(scenes)
+        scenes_out.append(win)
+    else:
+        win.Finalize()
     return pixels.copy()

@@ -196,6 +196,17 @@ class MainWindow(QMainWindow):
             self.addAction(a)
         self.toolbar = tb
 
+    def keyPressEvent(self, ev):  # noqa: N802
+        """Key events the views did not use (also covers a session without window activation,
+        e.g. under a bare X server, where QAction shortcuts do not fire)."""
+        layouts = {Qt.Key_1: "2x2", Qt.Key_2: "1x3", Qt.Key_3: "axial", Qt.Key_4: "3d"}
+        if ev.key() == Qt.Key_F1:
+            self.show_shortcuts()
+        elif ev.key() in layouts and not ev.modifiers():
+            self.layout_box.setCurrentText(layouts[ev.key()])
+        else:
+            super().keyPressEvent(ev)
+
     def show_shortcuts(self) -> ShortcutSheet:
         sheet = ShortcutSheet(self)
         sheet.show()

@@ -30,6 +30,8 @@ class _VTKHost(QVTKRenderWindowInteractor):
         super().__init__(parent)
         self.setMinimumSize(160, 160)
         self.setFocusPolicy(Qt.StrongFocus)
+        # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
+        self.GetRenderWindow().SetMultiSamples(0)
 
     def render_now(self) -> None:
         if self.isVisible():

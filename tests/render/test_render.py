@@ -1,0 +1,155 @@
+"""Render tests under Xvfb (Mesa llvmpipe): assertions on the pixels of real screenshots.
+
+PNGs are kept in ``test-artifacts/`` (git-ignored) so a person can look at them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PySide6.QtCore import QPoint, Qt
+
+from studies import open_volume
+from viewer.model import ViewerModel, apply_window
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
+GREEN = np.array([0, 255, 0])
+
+
+@pytest.fixture(scope="module")
+def ct(ct_series):
+    return open_volume(ct_series)
+
+
+@pytest.fixture(scope="module")
+def ts_labels(data_dir, ct):
+    img = sitk.ReadImage(str(data_dir / "ct-abdomen-dicom/totalsegmentator_labels.nii.gz"))
+    lab = sitk.GetArrayFromImage(img)
+    # TotalSegmentator wrote its labels on this series' grid (as NIfTI, RAS on disk, LPS here)
+    assert lab.shape == ct.array.shape
+    np.testing.assert_allclose(img.GetSpacing(), ct.spacing, atol=1e-3)
+    return img
+
+
+def labels_on_ct_grid(ts_img, ct):
+    """Resample the label map onto the CT grid (nearest neighbour, SimpleITK)."""
+    ref = ct.to_sitk()
+    out = sitk.Resample(ts_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out)
+
+
+def pixel_at(pixels, scene, row, col):
+    x, y = scene.screen_to_display(row, col)
+    h = pixels.shape[0]
+    return pixels[int(round(h - 1 - y)), int(round(x))]
+
+
+def test_cli_snapshot_2x2_nonblank(ct_series):
+    out = ARTIFACTS / "snapshot_2x2.png"
+    p = subprocess.run([sys.executable, "-m", "viewer.cli", "snapshot", str(ct_series), "--out", str(out),
+                        "--size", "800x800"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    img = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert img.shape[:2] == (800, 800)
+    for quad in (img[:400, :400], img[:400, 400:], img[400:, :400], img[400:, 400:]):
+        assert quad.std() > 5, "a view rendered blank"
+    # the 3D quadrant shows more than its background
+    q3d = img[400:, 400:].reshape(-1, 3).astype(int)
+    background = np.array([20, 20, 25])
+    assert (np.abs(q3d - background).sum(axis=1) > 40).mean() > 0.01
+
+
+def test_pixels_follow_geometry_liver_and_bone(ct, ts_labels):
+    """Windowed HU of liver and vertebra voxels appears exactly where the mapping puts them."""
+    from viewer.render import snapshot
+
+    labels = labels_on_ct_grid(ts_labels, ct)
+    model = ViewerModel(ct)
+    liver = np.argwhere(labels == 5)  # TotalSegmentator 'liver'
+    k = int(np.median(liver[:, 0]))
+    model.set_cursor(ct.index_to_lps([0, 0, k]))
+    model.apply_preset("bone")
+    scenes = []
+    px = snapshot(model, ARTIFACTS / "axial_bone.png", layout="axial", size=(700, 700), scenes_out=scenes)
+    scene, _win = scenes
+    sl = ct.array[k]
+    rng = np.random.default_rng(1)
+    mapping = model.mappings["axial"]
+    # liver voxels on this slice (away from edges) and the brightest bone voxels
+    on_slice = np.argwhere(labels[k] == 5)
+    pick = on_slice[rng.choice(len(on_slice), 30, replace=False)]
+    bone = np.argwhere(sl > 700)
+    bone_pick = bone[rng.choice(len(bone), 30, replace=False)]
+    liver_px, bone_px = [], []
+    for (j, i), store in [(p, liver_px) for p in pick] + [(p, bone_px) for p in bone_pick]:
+        _, r, c = mapping.index_to_screen(np.array([i, j, k], float))
+        got = int(pixel_at(px, scene, r, c)[0])
+        # a display pixel can fall on the neighbouring voxel when rounding: accept the 3x3 range
+        hood = apply_window(sl[max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2], *model.window)
+        assert int(hood.min()) - 1 <= got <= int(hood.max()) + 1, (i, j, got, hood)
+        store.append(got)
+    assert np.mean(bone_px) > np.mean(liver_px) + 60  # bone brighter than soft tissue (bone preset)
+    # liver (patient right) is drawn on the screen's left half (radiological convention)
+    cx = np.mean([scene.screen_to_display(*mapping.index_to_screen(np.array([i, j, k], float))[1:])[0] for j, i in pick])
+    assert cx < px.shape[1] / 2
+
+
+def test_3d_presets_bone_vs_soft_tissue(data_dir):
+    from viewer.render import snapshot
+
+    vol = open_volume(data_dir / "ct-abdomen-nifti/ct.nii.gz")
+    model = ViewerModel(vol)
+    a = snapshot(model, ARTIFACTS / "3d_bone.png", layout="3d", size=(400, 400), preset3d="bone")
+    b = snapshot(model, ARTIFACTS / "3d_soft.png", layout="3d", size=(400, 400), preset3d="soft tissue")
+    bg = np.array([20, 20, 25])
+    cover_a = (np.abs(a.astype(int) - bg).sum(axis=2) > 40).mean()
+    cover_b = (np.abs(b.astype(int) - bg).sum(axis=2) > 40).mean()
+    assert 0.02 < cover_a < cover_b  # the skin surface covers more than the skeleton
+
+
+def _line_positions(pixels):
+    """Column and row indices where a green crosshair line runs (most green pixels)."""
+    g = np.all(pixels == GREEN, axis=2)
+    cols = g.sum(axis=0)
+    rows = g.sum(axis=1)
+    return int(np.argmax(cols)), int(np.argmax(rows)), cols.max(), rows.max()
+
+
+def test_crosshair_agrees_between_views_after_click(window, qtbot):
+    from viewer._qt.views import grab_pixels
+
+    ax = window.views["axial"]
+    qtbot.mouseClick(ax, Qt.LeftButton, pos=QPoint(*ax.widget_pos_of(330, 180)))
+    qtbot.wait(50)
+    window.save_screenshot(str(ARTIFACTS / "gui_after_click.png"))
+    m = window.model
+    for plane, view in window.views.items():
+        px = grab_pixels(view)
+        col, row, ncol, nrow = _line_positions(px)
+        assert ncol > 20 and nrow > 20, f"no crosshair in {plane}"
+        r, c = m.cursor_on_screen(plane)
+        x, y = view.scene.screen_to_display(r, c)
+        assert abs(col - x) <= 1.5, (plane, col, x)
+        assert abs(row - (px.shape[0] - 1 - y)) <= 1.5, (plane, row, y)
+    # read each view's line positions back to LPS: the views must agree on the shared axes
+    found = {}
+    for plane, view in window.views.items():
+        px = grab_pixels(view)
+        col, row, _, _ = _line_positions(px)
+        h = px.shape[0]
+        r_img, c_img = view.scene.display_to_screen(col, h - 1 - row)
+        found[plane] = m.screen_to_lps(plane, r_img, c_img)
+    spacing = m.volume.spacing
+    assert abs(found["axial"][0] - found["coronal"][0]) <= 2 * spacing[0]  # L-R
+    assert abs(found["axial"][1] - found["sagittal"][1]) <= 2 * spacing[1]  # A-P
+    assert abs(found["coronal"][2] - found["sagittal"][2]) <= 2 * spacing[2]  # S-I
+    a_col = _line_positions(grab_pixels(ax))[0]
+    # the clicked point is where the axial crosshair is
+    x_click, _ = ax.widget_pos_of(330, 180)
+    assert abs(a_col - x_click * ax.devicePixelRatioF()) <= 2

@@ -12,16 +12,17 @@ per frame when frames differ. MONOCHROME1 (PS3.3 C.7.6.3.1.2) keeps the values a
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Generator
 
 import numpy as np
 
 from .discovery import FrameRef, SeriesEntry, Skipped, _NATIVE_LE
+from .parallel import decode_pool
 from .volume import Volume
 
-__all__ = ["LoadProgress", "iter_load", "load_series", "LoadError", "decode_frame"]
+__all__ = ["LoadProgress", "iter_load", "load_series", "LoadError", "decode_frame", "output_dtype"]
 
 
 class LoadError(RuntimeError):
@@ -92,24 +93,51 @@ def decode_frame(f: FrameRef) -> np.ndarray:
     return arr
 
 
-def _output_dtype(frames: list[FrameRef], stored_min: float, stored_max: float) -> np.dtype:
-    slopes = np.array([f.slope for f in frames])
-    inter = np.array([f.intercept for f in frames])
+def output_dtype(frames: list[FrameRef]) -> np.dtype:
+    """Voxel dtype of the volume, from the header alone (as GDCM/SimpleITK decide it).
+
+    The range of stored values follows *Bits Stored* and *Pixel Representation*; with integer
+    Rescale Slope/Intercept on every frame the output is int16 when the rescaled range fits,
+    else int32; any non-integer slope or intercept gives float32.
+    """
+    slopes = np.array([f.slope for f in frames], dtype=float)
+    inter = np.array([f.intercept for f in frames], dtype=float)
+    f0 = frames[0]
+    bs = max(1, min(f0.bits_stored, 32))
+    lo, hi = ((-(2 ** (bs - 1)), 2 ** (bs - 1) - 1) if f0.pixel_representation else (0, 2**bs - 1))
     if np.all(slopes == np.round(slopes)) and np.all(inter == np.round(inter)):
-        lo = min(stored_min * s + b for s, b in zip(slopes, inter))
-        hi = max(stored_max * s + b for s, b in zip(slopes, inter))
-        lo, hi = min(lo, stored_min * slopes.max() + inter.min()), max(hi, stored_max * slopes.max() + inter.max())
-        if -32768 <= lo and hi <= 32767:
+        ends = np.concatenate([lo * slopes + inter, hi * slopes + inter])
+        if ends.min() >= -32768 and ends.max() <= 32767:
             return np.dtype(np.int16)
         return np.dtype(np.int32)
     return np.dtype(np.float32)
 
 
+def _store(out: np.ndarray, arr: np.ndarray, f: FrameRef) -> None:
+    """Write ``arr * slope + intercept`` (PS3.3 C.11.1.1.2) into ``out`` without big temporaries."""
+    if f.slope == 1 and f.intercept == 0:
+        np.copyto(out, arr, casting="unsafe")
+    elif out.dtype == np.float32:
+        np.multiply(arr, np.float32(f.slope), out=out, casting="unsafe")
+        out += np.float32(f.intercept)
+    elif f.slope == 1 and out.dtype == np.int16 and arr.dtype == np.uint16 and f.bits_stored <= 15:
+        np.add(arr.view(np.int16), np.int16(f.intercept), out=out)  # values < 2**15: same bits
+    else:
+        np.copyto(out, arr.astype(np.int32) * int(f.slope) + int(f.intercept), casting="unsafe")
+
+
+def _compressed(f: FrameRef) -> bool:
+    return _native_dtype(f) is None
+
+
 def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadProgress, None, Volume]:
     """Decode ``entry`` into a Volume, yielding progress; the generator's return value is it.
 
-    Corrupt frames are skipped (see ``Volume.warnings`` and the ``skipped`` attribute attached
-    to the returned volume) and the remaining slices are resampled onto a uniform grid.
+    Frames are written straight into the output array ``(z, y, x)``. Native pixel data is read
+    on a thread pool; compressed frames (JPEG, JPEG-LS, JPEG 2000, RLE) on the shared process
+    pool of :mod:`studies.parallel` since their decoders hold the GIL. Corrupt frames are
+    skipped (listed in the ``skipped`` attribute of the returned volume and in its warnings)
+    and the remaining slices are resampled onto a uniform grid.
 
     Raises
     ------
@@ -122,73 +150,80 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
     geom = entry.geometry
     n = len(frames)
     mid = n // 2
-    raw: list[np.ndarray | None] = [None] * n
+    f0 = frames[0]
+    out_dtype = output_dtype(frames)
+    vol = np.empty((n, f0.rows, f0.cols), dtype=out_dtype)
+    ok = np.zeros(n, dtype=bool)
     skipped: list[Skipped] = []
 
-    def work(i: int):
+    def fail(j: int, why: str) -> None:
+        skipped.append(Skipped(frames[j].shown_path, f"cannot decode pixel data ({why}); slice skipped"))
+
+    def work(j: int) -> None:
         try:
-            return i, decode_frame(frames[i]), None
+            _store(vol[j], decode_frame(frames[j]), frames[j])
+            ok[j] = True
         except Exception as exc:  # corrupt slice: report, keep going
-            return i, None, f"{type(exc).__name__}: {exc}"
+            fail(j, f"{type(exc).__name__}: {exc}")
 
-    def rescaled(i: int, arr: np.ndarray) -> np.ndarray:
-        f = frames[i]
-        if f.slope == 1 and f.intercept == 0:
-            return arr
-        return arr * f.slope + f.intercept
-
-    i, arr, err = work(mid)
+    # the middle slice first, so a viewer can show it at once
+    work(mid)
+    yield LoadProgress(1, n, "decoding", preview=(mid, vol[mid].copy()) if ok[mid] else None)
     done = 1
-    if err:
-        skipped.append(Skipped(frames[mid].shown_path, f"cannot decode pixel data ({err}); slice skipped"))
-        yield LoadProgress(done, n, "decoding")
-    else:
-        raw[mid] = arr
-        yield LoadProgress(done, n, "decoding", preview=(mid, rescaled(mid, arr)))
-
-    workers = workers or min(8, os.cpu_count() or 1)
     rest = [j for j in range(n) if j != mid]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Bounded chunks keep the generator responsive to cancellation.
-        chunk = max(workers * 4, 16)
+    workers = workers or min(8, os.cpu_count() or 1)
+    pool = decode_pool() if (len(rest) >= 4 and any(_compressed(frames[j]) for j in rest)) else None
+    if pool is not None:
+        chunk = max(4, len(rest) // (4 * (os.cpu_count() or 1)) or 1)
+        futures = {}
         for s in range(0, len(rest), chunk):
-            for j, arr, err in pool.map(work, rest[s : s + chunk]):
-                if err:
-                    skipped.append(Skipped(frames[j].shown_path, f"cannot decode pixel data ({err}); slice skipped"))
-                else:
-                    raw[j] = arr
-                done += 1
-            yield LoadProgress(done, n, "decoding")
+            part = rest[s : s + chunk]
+            futures[pool.submit(_decode_many, [frames[j] for j in part])] = part
+        try:
+            for fut in as_completed(futures):
+                part = futures[fut]
+                try:
+                    results = fut.result()
+                except Exception:  # pool broken (e.g. a worker was killed): decode here instead
+                    results = None
+                    for j in part:
+                        work(j)
+                for j, (arr, err) in zip(part, results or []):
+                    if arr is not None:
+                        _store(vol[j], arr, frames[j])
+                        ok[j] = True
+                    else:
+                        fail(j, err)
+                done += len(part)
+                yield LoadProgress(done, n, "decoding")
+        finally:
+            for fut in futures:
+                fut.cancel()
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as tp:
+            chunk = max(workers * 8, 16)  # bounded chunks keep cancellation responsive
+            for s in range(0, len(rest), chunk):
+                part = rest[s : s + chunk]
+                list(tp.map(work, part))
+                done += len(part)
+                yield LoadProgress(done, n, "decoding")
 
-    good = [j for j in range(n) if raw[j] is not None]
-    if not good:
+    good = np.flatnonzero(ok)
+    if good.size == 0:
         raise LoadError(f"series {entry.series_instance_uid}: no slice could be decoded ({skipped[0].reason if skipped else ''})")
     warnings = list(entry.warnings)
     info = entry.info
-    info.invert_grayscale = frames[good[0]].photometric == "MONOCHROME1"  # type: ignore[attr-defined]
-    if info.invert_grayscale:  # type: ignore[attr-defined]
+    info.invert_grayscale = frames[int(good[0])].photometric == "MONOCHROME1"
+    if info.invert_grayscale:
         warnings.append("MONOCHROME1: displayed inverted (minimum shown white); values unchanged")
-
-    stored_min = min(float(raw[j].min()) for j in good)
-    stored_max = max(float(raw[j].max()) for j in good)
-    out_dtype = _output_dtype([frames[j] for j in good], stored_min, stored_max)
-    ny, nx = raw[good[0]].shape
-    vol = np.empty((len(good), ny, nx), dtype=out_dtype)
-    for k, j in enumerate(good):
-        f = frames[j]
-        if f.slope == 1 and f.intercept == 0:
-            vol[k] = raw[j]
-        elif out_dtype == np.float32:
-            vol[k] = raw[j].astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
-        else:
-            vol[k] = raw[j].astype(np.int32) * int(f.slope) + int(f.intercept)
-        raw[j] = None
+    if good.size < n:
+        vol = vol[good]
     positions = geom.source_positions[good]
 
     resample_to = geom.resample_positions
-    if len(good) < n:
-        warnings.append(f"{n - len(good)} slice(s) could not be decoded and were skipped")
-        if geom.tilt_direction is None and len(good) > 1 and resample_to is None:
+    if good.size < n:
+        warnings.append(f"{n - good.size} slice(s) could not be decoded and were skipped")
+        if geom.tilt_direction is None and good.size > 1 and resample_to is None:
             resample_to = np.linspace(geom.source_positions[0], geom.source_positions[-1], n)
 
     yield LoadProgress(n, n, "assembling volume")
@@ -197,19 +232,30 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
     direction = geom.direction
     if geom.tilt_direction is not None:
         vol, origin, spacing, direction = _resample_tilt(vol, geom, [frames[j] for j in good])
-    elif resample_to is not None and len(good) > 1:
+    elif resample_to is not None and good.size > 1:
         vol = _resample_along_normal(vol, positions, resample_to)
         step = float((resample_to[-1] - resample_to[0]) / (len(resample_to) - 1))
         spacing = (spacing[0], spacing[1], step)
         normal = geom.direction[:, 2]
-        row_col_origin = np.asarray(frames[good[0]].position, float)
-        origin = tuple(row_col_origin + normal * (resample_to[0] - positions[0]))
+        first = np.asarray(frames[int(good[0])].position, float)
+        origin = tuple(first + normal * (resample_to[0] - positions[0]))
         direction = np.column_stack([geom.direction[:, 0], geom.direction[:, 1], normal])
-        if len(good) < n and geom.resample_positions is None:
+        if good.size < n and geom.resample_positions is None:
             warnings.append(f"resampled to a uniform {step:.4g} mm grid across the missing slice(s)")
     volume = Volume(vol, spacing=spacing, origin=origin, direction=direction, info=info, warnings=warnings)
     volume.skipped = skipped  # type: ignore[attr-defined]
     return volume
+
+
+def _decode_many(frames: list[FrameRef]) -> list[tuple[np.ndarray | None, str | None]]:
+    """Process-pool task: decode several frames, errors returned as text (picklable)."""
+    out = []
+    for f in frames:
+        try:
+            out.append((decode_frame(f), None))
+        except Exception as exc:
+            out.append((None, f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def load_series(entry: SeriesEntry, workers: int | None = None) -> Volume:

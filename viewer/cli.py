@@ -76,6 +76,11 @@ def _demo_path() -> str:
 
 
 def _open_gui(path: str, args) -> int:
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
+        from viewer.xvfb import ensure_display
+
+        if ensure_display():
+            print(f"radreview: no display set; running on a virtual X display {os.environ['DISPLAY']}", file=sys.stderr)
     from viewer._qt.app import run_app
 
     return run_app(path, layout=args.layout, preset=args.preset, quit_after_ms=args.quit_after_ms)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
@@ -15,7 +14,8 @@ def ensure_display() -> str | None:
     """Make sure ``DISPLAY`` points at an X server; start ``Xvfb`` if needed.
 
     Returns the display name, or ``None`` when there is none and Xvfb is not installed (VTK
-    then fails with its own message). The server is stopped when the process exits.
+    then fails with its own message). The server runs with ``-terminate``: it exits when its
+    last client (this process) disconnects, after Qt/VTK have closed their connections.
     """
     if os.environ.get("DISPLAY"):
         return os.environ["DISPLAY"]
@@ -25,14 +25,13 @@ def ensure_display() -> str | None:
     for num in range(90, 140):
         if os.path.exists(f"/tmp/.X{num}-lock"):
             continue
-        proc = subprocess.Popen([exe, f":{num}", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
+        proc = subprocess.Popen([exe, f":{num}", "-screen", "0", "1920x1200x24", "-nolisten", "tcp", "-terminate"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(50):
             if os.path.exists(f"/tmp/.X11-unix/X{num}") or proc.poll() is not None:
                 break
             time.sleep(0.05)
         if proc.poll() is None:
-            atexit.register(proc.terminate)
             os.environ["DISPLAY"] = f":{num}"
             return os.environ["DISPLAY"]
     return None

@@ -331,8 +331,9 @@ def test_bad_files_are_skipped_with_reasons(uncompressed_ct):
     write_series(folder, [nopix], names=["nopixel.dcm"])
     # 4 a slice with another size
     small = copy.deepcopy(dss[6])
+    half = small.pixel_array[::2, ::2].copy()
     small.Rows = small.Columns = 256
-    small.PixelData = small.pixel_array[::2, ::2].copy().tobytes()
+    small.PixelData = half.tobytes()
     small.SOPInstanceUID = generate_uid()
     small.file_meta.MediaStorageSOPInstanceUID = small.SOPInstanceUID
     small.ImagePositionPatient = [float(v) for v in small.ImagePositionPatient[:2]] + [-900.0]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), check the one-way import rule, run the whole test suite.
+# Starts Xvfb itself when DISPLAY is unset. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export RADREVIEW_DATA_MIRROR="${RADREVIEW_DATA_MIRROR:-$(cd .. && pwd)/shared/data}"
+export PYTHONDONTWRITEBYTECODE=1
+echo "== import-linter (one-way rule: viewer -> review, explain, inference -> studies)"
+.venv/bin/lint-imports
+echo "== pytest"
+if [ -z "${DISPLAY:-}" ]; then
+  exec xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python -m pytest "$@"
+else
+  exec .venv/bin/python -m pytest "$@"
+fi

@@ -19,7 +19,7 @@ from studies.volume import Volume
 
 from .model import PLANES, ViewerModel, apply_window, volume_render_presets
 
-__all__ = ["volume_to_vtk", "SliceScene", "VolumeScene", "snapshot", "LAYOUTS", "layout_viewports"]
+__all__ = ["volume_to_vtk", "SliceScene", "VolumeScene", "snapshot", "grab_window", "LAYOUTS", "layout_viewports"]
 
 CROSSHAIR_RGB = (0.0, 1.0, 0.0)  # pure green: render tests look for it
 LAYOUTS = ("2x2", "1x3", "axial", "coronal", "sagittal", "3d")
@@ -352,6 +352,24 @@ def layout_viewports(layout: str) -> dict[str, tuple[float, float, float, float]
     raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
 
 
+def grab_window(win: vtk.vtkRenderWindow, png_path: str | None = None) -> np.ndarray:
+    """Render ``win`` and return its RGB pixels ``(h, w, 3)``, top row first; optionally write a PNG."""
+    win.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(win)
+    grab.SetInputBufferTypeToRGB()
+    grab.ReadFrontBufferOff()
+    grab.Update()
+    if png_path:
+        writer = vtk.vtkPNGWriter()
+        writer.SetFileName(png_path)
+        writer.SetInputConnection(grab.GetOutputPort())
+        writer.Write()
+    out = grab.GetOutput()
+    w, h, _ = out.GetDimensions()
+    return numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)[::-1].copy()
+
+
 def snapshot(model: ViewerModel, out_path: str, layout: str = "2x2", size: tuple[int, int] | None = None,
              preset3d: str = "bone", cursor_lps=None, scenes_out: list | None = None) -> np.ndarray:
     """Render ``model`` offscreen in ``layout`` and write a PNG; returns the RGB pixels ``(h, w, 3)``.
@@ -388,22 +406,10 @@ def snapshot(model: ViewerModel, out_path: str, layout: str = "2x2", size: tuple
         if isinstance(scene, SliceScene):
             scene._shape = None
             scene.update_image()
-    win.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(win)
-    grab.SetInputBufferTypeToRGB()
-    grab.ReadFrontBufferOff()
-    grab.Update()
-    writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(out_path))
-    writer.SetInputConnection(grab.GetOutputPort())
-    writer.Write()
-    out = grab.GetOutput()
-    w, h, _ = out.GetDimensions()
-    pixels = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)[::-1]
+    pixels = grab_window(win, png_path=str(out_path))
     if scenes_out is not None:  # the caller keeps the window alive to map coordinates
         scenes_out.extend(scenes)
         scenes_out.append(win)
     else:
         win.Finalize()
-    return pixels.copy()
+    return pixels

@@ -18,7 +18,7 @@ from PySide6.QtCore import Qt, Signal  # noqa: E402
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor  # noqa: E402
 
 from ..model import ViewerModel  # noqa: E402
-from ..render import SliceScene, VolumeScene  # noqa: E402
+from ..render import SliceScene, VolumeScene, grab_window  # noqa: E402
 
 __all__ = ["SliceView", "VolumeView"]
 
@@ -223,16 +223,4 @@ class VolumeView(_VTKHost):
 
 def grab_pixels(view: _VTKHost) -> np.ndarray:
     """RGB pixels ``(h, w, 3)`` of a view's render window (top row first)."""
-    import vtk
-    from vtk.util import numpy_support
-
-    win = view.GetRenderWindow()
-    win.Render()
-    f = vtk.vtkWindowToImageFilter()
-    f.SetInput(win)
-    f.SetInputBufferTypeToRGB()
-    f.ReadFrontBufferOff()
-    f.Update()
-    out = f.GetOutput()
-    w, h, _ = out.GetDimensions()
-    return numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)[::-1].copy()
+    return grab_window(view.GetRenderWindow())

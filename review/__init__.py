@@ -1,1 +1,1 @@
-"""review package (filled in by later issues)."""
+"""Findings, confidence flags, sign-off rules, comparison metrics (review logic, GUI-free)."""

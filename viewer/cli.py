@@ -4,7 +4,8 @@ Contract (scripts rely on it): exit status 0 on success; otherwise non-zero with
 ``radreview: error: ...`` on stderr. ``info --json`` prints exactly one JSON object.
 
 Sub-commands: ``info PATH [--json]``, ``open PATH``, ``demo``, ``snapshot PATH --out FILE.png
-[--layout ...] [--preset NAME]``. Qt and VTK are imported only by the commands that draw.
+[--layout ...] [--preset NAME]``, ``models list|verify|quantize|bench``, ``infer PATH --model ID
+--out DIR``. Qt and VTK are imported only by the commands that draw.
 """
 
 from __future__ import annotations
@@ -118,6 +119,51 @@ def _snapshot(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    from inference.cli_ops import models_bench, models_list, models_quantize, models_verify
+    from inference.package import PackageError
+
+    try:
+        if args.models_cmd == "list":
+            items = models_list()
+            if args.json:
+                print(json.dumps(items))
+            else:
+                for m in items:
+                    print(f"{m['id']} {m['version']}  {m['task']}  {'/'.join(m['modality'])}  labels: {', '.join(m['labels'])}")
+            return 0
+        if args.models_cmd == "verify":
+            problems = models_verify(args.id)
+            if problems:
+                raise CliError("; ".join(problems))
+            print(f"{args.id}: schema and SHA-256 of every file OK")
+            return 0
+        if args.models_cmd == "quantize":
+            print(json.dumps(models_quantize(args.id, args.calibration, threads=args.threads), indent=1))
+            return 0
+        if args.models_cmd == "bench":
+            print(json.dumps(models_bench(args.id, threads=args.threads, repeats=args.repeats), indent=1))
+            return 0
+    except PackageError as exc:
+        raise CliError(str(exc)) from None
+    return 1
+
+
+def _infer(args) -> int:
+    from inference.cli_ops import run_infer
+    from inference.package import PackageError
+    from studies import LoadError
+
+    if not os.path.exists(args.path):
+        raise CliError(f"{args.path}: no such file or folder")
+    try:
+        findings = run_infer(args.path, args.model, args.out, precision=args.precision, threads=args.threads)
+    except (PackageError, LoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(findings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radreview", description="Review medical-imaging AI output on CT/MR studies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset3d", default="bone", help="3D preset: bone, soft tissue, lung")
     s.add_argument("--size", default=None, help="WxH in pixels")
     s.add_argument("--cursor", default=None, help="crosshair at x,y,z (LPS mm)")
+    m = sub.add_parser("models", help="list, verify, quantize and benchmark model packages")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    ml = msub.add_parser("list")
+    ml.add_argument("--json", action="store_true")
+    mv = msub.add_parser("verify")
+    mv.add_argument("id")
+    mq = msub.add_parser("quantize", help="static QDQ INT8 from real calibration volumes")
+    mq.add_argument("id")
+    mq.add_argument("--calibration", nargs="+", required=True, metavar="PATH")
+    mq.add_argument("--threads", type=int, default=2)
+    mb = msub.add_parser("bench", help="FP32 vs INT8 latency and peak RSS")
+    mb.add_argument("id")
+    mb.add_argument("--threads", type=int, default=2)
+    mb.add_argument("--repeats", type=int, default=10)
+    inf = sub.add_parser("infer", help="run a segmentation model; write segmentation.nii.gz + findings.json")
+    inf.add_argument("path")
+    inf.add_argument("--model", required=True)
+    inf.add_argument("--out", required=True)
+    inf.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    inf.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -149,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "snapshot":
             return _snapshot(args)
+        if args.command == "models":
+            return _models(args)
+        if args.command == "infer":
+            return _infer(args)
         if args.command == "open":
             if not os.path.exists(args.path):
                 raise CliError(f"{args.path}: no such file or folder")

@@ -254,6 +254,8 @@ class ViewerModel:
         self.volume_changed = _Emitter()
         self.cursor_changed = _Emitter()
         self.window_changed = _Emitter()
+        self.overlays_changed = _Emitter()
+        self.overlays: dict[str, object] = {}  # name -> object with compose(rgb, mapping, index)
         self.volume: Volume | None = None
         self.cursor = np.zeros(3)
         self.window = (40.0, 400.0)
@@ -265,6 +267,7 @@ class ViewerModel:
     # ------------------------------------------------------------------ volume
     def set_volume(self, volume: Volume) -> None:
         self.volume = volume
+        self.overlays = {}  # overlays belong to the previous grid
         self.mappings = {p: plane_mapping(volume, p) for p in PLANES}
         self.cursor = volume.center_lps()
         self.window, self.preset = self.default_window(volume)
@@ -281,6 +284,32 @@ class ViewerModel:
                 return (info.window_center, info.window_width), "header"
             return window_presets()["abdomen"], "abdomen"
         return auto_window(volume), "auto"
+
+    # ------------------------------------------------------------------ overlays
+    def set_overlay(self, name: str, overlay) -> None:
+        """Show ``overlay`` (e.g. a :class:`viewer.overlay.LabelOverlay`) in every MPR view.
+
+        Raises
+        ------
+        ValueError
+            If its ``labels`` array is not on the volume's grid (shape differs).
+        """
+        arr = getattr(overlay, "labels", None)
+        if self.volume is None or arr is None or arr.shape != self.volume.array.shape:
+            raise ValueError(f"overlay {name!r} shape {getattr(arr, 'shape', None)} does not match the volume "
+                             f"{None if self.volume is None else self.volume.array.shape}")
+        self.overlays[name] = overlay
+        self.overlays_changed.emit()
+
+    def remove_overlay(self, name: str) -> None:
+        if self.overlays.pop(name, None) is not None:
+            self.overlays_changed.emit()
+
+    def compose_overlays(self, rgb: np.ndarray, plane: str) -> np.ndarray:
+        k = self.slice_index(plane)
+        for ov in self.overlays.values():
+            rgb = ov.compose(rgb, self.mappings[plane], k)
+        return rgb
 
     # ------------------------------------------------------------------ window
     def set_window(self, center: float, width: float, preset: str = "") -> None:

@@ -101,6 +101,7 @@ class SliceScene:
             self.lines.append((src, actor))
         self.corner = vtk.vtkCornerAnnotation()
         self.corner.SetMaximumFontSize(14)
+        self.corner.SetMinimumFontSize(10)
         self.corner.SetLinearFontScaleFactor(2)
         self.corner.GetTextProperty().SetColor(0.9, 0.9, 0.6)
         self.renderer.AddViewProp(self.corner)
@@ -115,7 +116,6 @@ class SliceScene:
             tp.SetColor(1.0, 0.8, 0.2)
             self.renderer.AddViewProp(t)
             self.letters.append(t)
-        self.overlay_hooks: list = []  # callables(rgb, plane, slice_index) -> rgb, for later overlays
         self._shape: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ content
@@ -129,8 +129,7 @@ class SliceScene:
         if m.volume.info.invert_grayscale:
             gray = 255 - gray
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
-        for hook in self.overlay_hooks:
-            rgb = hook(rgb, self.plane, m.slice_index(self.plane))
+        rgb = m.compose_overlays(rgb, self.plane)
         _rgb_image(rgb, mapping.pixel_spacing, self.image)
         if self._shape != mapping.shape:
             self._shape = mapping.shape
@@ -286,7 +285,45 @@ class VolumeScene:
         self.preset = preset
         self._data: vtk.vtkImageData | None = None
 
+    def set_labels(self, labels: np.ndarray | None, colors: dict[int, tuple[int, int, int]] | None = None,
+                   skip: tuple[int, ...] = ()) -> int:
+        """Show label surfaces (vtkSurfaceNets3D, one per label, on the volume's grid); returns how many.
+
+        ``labels`` is ``(z, y, x)`` on the current volume's grid; ``None`` removes the surfaces.
+        """
+        for actor in getattr(self, "_surfaces", []):
+            self.renderer.RemoveActor(actor)
+        self._surfaces = []
+        if labels is None:
+            return 0
+        vol = self.model.volume
+        img = volume_to_vtk(Volume(labels, vol.spacing, vol.origin, vol.direction), self.max_dim)
+        present = [int(v) for v in np.unique(labels) if v != 0 and int(v) not in skip]
+        for idx in present:
+            nets = vtk.vtkSurfaceNets3D()
+            nets.SetInputData(img)
+            nets.SetValue(0, idx)
+            nets.SetOutputMeshTypeToTriangles()
+            nets.SmoothingOn()
+            mapper = vtk.vtkPolyDataMapper()
+            mapper.SetInputConnection(nets.GetOutputPort())
+            mapper.ScalarVisibilityOff()
+            actor = vtk.vtkActor()
+            actor.SetMapper(mapper)
+            r, g, b = (colors or {}).get(idx, (255, 0, 0))
+            actor.GetProperty().SetColor(r / 255, g / 255, b / 255)
+            self.renderer.AddActor(actor)
+            self._surfaces.append(actor)
+        if present:  # surfaces replace the volume rendering while shown
+            self.volume.SetVisibility(False)
+        return len(present)
+
+    def show_volume_rendering(self, on: bool) -> None:
+        self.volume.SetVisibility(bool(on))
+
     def set_volume(self, volume: Volume) -> None:
+        self.set_labels(None)
+        self.volume.SetVisibility(True)
         self._data = volume_to_vtk(volume, self.max_dim)
         self.mapper.SetInputData(self._data)
         if not self.renderer.HasViewProp(self.volume):

@@ -149,6 +149,12 @@ class MainWindow(QMainWindow):
         dock = QDockWidget("Studies", self)
         dock.setWidget(self.browser)
         self.addDockWidget(Qt.LeftDockWidgetArea, dock)
+        from .ai_panel import AIPanel
+
+        self.ai_panel = AIPanel(self.model, self.view3d)
+        ai_dock = QDockWidget("AI", self)
+        ai_dock.setWidget(self.ai_panel)
+        self.addDockWidget(Qt.RightDockWidgetArea, ai_dock)
 
         self.readout = QLabel("")
         self.progress = QProgressBar()

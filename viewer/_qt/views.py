@@ -69,6 +69,7 @@ class SliceView(_VTKHost):
         model.volume_changed.connect(self._on_volume)
         model.cursor_changed.connect(self._on_cursor)
         model.window_changed.connect(self._on_window)
+        model.overlays_changed.connect(self.refresh)
         if model.volume is not None:
             self._on_volume(model.volume)
 

@@ -1,0 +1,56 @@
+"""PyTorch twins of the shipped ONNX models (architectures only; weights come from the
+package's state_dict, loaded with ``torch.load(..., weights_only=True)``).
+
+``UNet2p5D``: a small 2-D U-Net (Ronneberger et al., MICCAI 2015) over ``2k+1`` neighbouring
+axial slices as channels (2.5-D). Conv-BN-ReLU blocks, max-pool down, nearest upsample: every
+op has a fused INT8 kernel in ONNX Runtime's CPU provider (2-D convs quantize well there; 3-D
+ones barely gain, see DEVELOPERS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["UNet2p5D", "build_from_card"]
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class UNet2p5D(nn.Module):
+    """Input ``(n, in_ch, h, w)`` (h, w divisible by ``2**depth``), output logits ``(n, n_cls, h, w)``."""
+
+    def __init__(self, in_ch: int = 3, n_cls: int = 7, base: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        chs = [base * 2**i for i in range(depth + 1)]
+        self.enc = nn.ModuleList([_block(in_ch if i == 0 else chs[i - 1], chs[i]) for i in range(depth)])
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _block(chs[depth - 1], chs[depth])
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec = nn.ModuleList([_block(chs[i + 1] + chs[i], chs[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(chs[0], n_cls, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for enc in self.enc:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for dec in self.dec:
+            x = dec(torch.cat([self.up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def build_from_card(meta: dict) -> nn.Module:
+    """Instantiate the architecture named in a model card's ``architecture`` block."""
+    arch = dict(meta["architecture"])
+    name = arch.pop("name")
+    if name != "UNet2p5D":
+        raise ValueError(f"unknown architecture {name!r}")
+    return UNet2p5D(**arch)

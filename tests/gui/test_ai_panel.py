@@ -1,0 +1,86 @@
+"""The AI panel driven through its widgets: run, findings table, centroid jump, overlay, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer
+
+from viewer._qt.ai_panel import OVERLAY_NAME
+
+
+def test_run_ai_shows_findings_and_keeps_gui_responsive(window, qtbot):
+    panel = window.ai_panel
+    assert panel.model_box.count() >= 1
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(panel.result_ready, timeout=120000) as blocker:
+        qtbot.mouseClick(panel.run_button, Qt.LeftButton)
+        assert not panel.run_button.isEnabled() and panel.cancel_button.isEnabled()
+    run_s = time.perf_counter() - t0
+    timer.stop()
+    result = blocker.args[0]
+    # the event loop kept turning while the model ran on the worker thread
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10 and gaps.max() < run_s / 4
+    assert panel.table.rowCount() == len(result.stats) == 6
+    names = [panel.table.item(r, 1).text() for r in range(panel.table.rowCount())]
+    assert names == ["body", "lungs", "liver", "spleen", "kidneys", "bone"]
+    assert OVERLAY_NAME in window.model.overlays
+    assert panel.run_button.isEnabled() and not panel.progress.isVisible()
+
+
+def test_row_click_jumps_to_centroid_and_toggles(window, qtbot):
+    panel = window.ai_panel
+    with qtbot.waitSignal(panel.result_ready, timeout=120000):
+        panel.run()
+    liver_row = [panel.table.item(r, 1).text() for r in range(panel.table.rowCount())].index("liver")
+    rect = panel.table.visualItemRect(panel.table.item(liver_row, 2))
+    qtbot.mouseClick(panel.table.viewport(), Qt.LeftButton, pos=rect.center())
+    c = panel.result.stats[liver_row].centroid_lps
+    assert np.allclose(window.model.cursor, window.model.volume.index_to_lps(
+        np.clip(window.model.volume.lps_to_index(c), 0, None)), atol=1e-6)
+    lab = panel.result.labels
+    k = window.model.slice_index("axial")
+    assert (lab[k] == 3).any()  # the axial view now shows a liver slice
+    # hide the liver: its colour leaves the axial view
+    item = panel.table.item(liver_row, 0)
+    item.setCheckState(Qt.Unchecked)
+    assert panel.overlay.visible[3] is False
+    panel.outline.setChecked(True)
+    assert panel.overlay.mode == "outline"
+    panel.opacity.setValue(80)
+    assert panel.overlay.opacity == 0.8
+
+
+def test_cancel_leaves_no_result(window, qtbot):
+    panel = window.ai_panel
+    with qtbot.waitSignal(panel.run_cancelled, timeout=120000):
+        panel.run()
+        qtbot.waitUntil(lambda: panel.progress.value() > 0 or panel.eta.text().startswith("infer"), timeout=60000)
+        qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    assert panel.result is None and OVERLAY_NAME not in window.model.overlays
+    assert panel.table.rowCount() == 0 and panel.run_button.isEnabled()
+    assert "Cancelled" in panel.eta.text()
+    # the app keeps working: a new run completes
+    with qtbot.waitSignal(panel.result_ready, timeout=120000):
+        panel.run()
+
+
+def test_mr_study_is_refused_with_message(qtbot, data_dir):
+    from viewer._qt.main_window import MainWindow
+
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.show()
+    with qtbot.waitSignal(win.volume_loaded, timeout=60000):
+        win.open_path(str(data_dir / "mr-brain-label/brain1_image.nrrd"))
+    with qtbot.waitSignal(win.ai_panel.run_failed, timeout=60000) as blocker:
+        win.ai_panel.run()
+    assert "accepts CT" in blocker.args[0]
+    assert not win.model.overlays

@@ -13,7 +13,7 @@ from studies import open_volume, save_label_file
 from studies.volume import Volume
 
 from .package import ModelPackage, PackageError, list_packages, load_package, sha256_file
-from .quantize import calibration_patches, quantize_static_int8
+from .quantize import calibration_patches, edge_convs, quantize_static_int8
 from .segment import make_session, segment
 
 __all__ = ["models_list", "models_verify", "models_quantize", "models_bench", "run_infer", "peak_rss_mb"]
@@ -87,7 +87,7 @@ def models_quantize(model_id: str, calibration: list[str], threads: int = 2) -> 
         pkg.check_modality(v.info.modality)
     patches = calibration_patches(vols, pkg.meta["input"], per_volume=32)
     int8 = pkg.root / pkg.meta["files"]["int8"]["path"]
-    quantize_static_int8(pkg.file("fp32"), int8, patches)
+    quantize_static_int8(pkg.file("fp32"), int8, patches, method="percentile", keep_fp32=edge_convs(pkg.file("fp32")))
     meta = dict(pkg.meta)
     meta["files"]["int8"]["sha256"] = sha256_file(int8)
     pkg = ModelPackage(pkg.root, meta)

@@ -18,7 +18,7 @@ from studies.volume import Volume
 
 from .segment import normalize, to_model_grid
 
-__all__ = ["calibration_patches", "quantize_static_int8"]
+__all__ = ["calibration_patches", "quantize_static_int8", "edge_convs"]
 
 
 def calibration_patches(volumes: Iterable[Volume], spec: dict, per_volume: int = 24, seed: int = 0) -> np.ndarray:
@@ -39,10 +39,23 @@ def calibration_patches(volumes: Iterable[Volume], spec: dict, per_volume: int =
     return np.stack(out).astype(np.float32)
 
 
-def quantize_static_int8(fp32_path: str | Path, int8_path: str | Path, patches: np.ndarray, batch: int = 8) -> None:
-    """Write a static QDQ INT8 model calibrated on ``patches`` (``(n, c, h, w)`` float32)."""
+def edge_convs(fp32_path: str | Path) -> list[str]:
+    """Names of the first and last Conv nodes (often kept in FP32: they see raw inputs/logits)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    convs = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "Conv"]
+    return [convs[0], convs[-1]] if convs else []
+
+
+def quantize_static_int8(fp32_path: str | Path, int8_path: str | Path, patches: np.ndarray, batch: int = 8,
+                         method: str = "minmax", keep_fp32: list[str] | None = None) -> None:
+    """Write a static QDQ INT8 model calibrated on ``patches`` (``(n, c, h, w)`` float32).
+
+    ``method``: ``minmax``, ``percentile`` (99.999th) or ``entropy`` calibration; ``keep_fp32``:
+    node names left unquantized.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = onnx.load(str(fp32_path)).graph.input[0].name
@@ -56,6 +69,10 @@ def quantize_static_int8(fp32_path: str | Path, int8_path: str | Path, patches: 
 
     pre = Path(int8_path).with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+           "entropy": CalibrationMethod.Entropy}[method]
     quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cal,
+                    nodes_to_exclude=list(keep_fp32 or []),
+                    extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
     pre.unlink(missing_ok=True)

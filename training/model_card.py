@@ -1,0 +1,92 @@
+"""Render ``docs/model-cards/<id>.md`` from a package's ``model.json`` (numbers never retyped).
+
+Usage: ``python -m training.model_card ct-organs-2p5d``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from inference.package import load_package
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fmt(v, nd=3):
+    return "n/a" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def render(model_id: str, notes: str = "") -> str:
+    pkg = load_package(model_id, check_hashes=True)
+    m = pkg.meta
+    met = m["metrics"]
+    d = m.get("int8_deltas", {})
+    lines = [f"# Model card: {m['id']} {m['version']}", "", m["intended_use"], "",
+             "## What it does", "",
+             f"Task: {m['task']}; modality: {', '.join(m['modality'])} (other modalities are refused); "
+             f"input: {m['input']['dimensionality']} with {m['input']['channels']} neighbouring axial slices, "
+             f"resampled to {m['input']['spacing_mm']} mm (LPS, axis-aligned), HU clipped to "
+             f"{m['input']['normalization']['clip']} and scaled by {m['input']['normalization']['scale']}; "
+             f"patches {m['input']['patch_size']} with overlap {m['input']['overlap']} and Gaussian blending; "
+             f"output softmax over {len(m['outputs']['labels'])} classes, largest connected component kept for "
+             f"{', '.join(m['outputs']['largest_component'])}.", "",
+             "| index | label | definition | SNOMED CT |", "|---|---|---|---|"]
+    for lab in pkg.labels:
+        t = lab["snomed"]["type"]
+        lines.append(f"| {lab['index']} | {lab['name']} | {lab.get('definition', '')} | {t['value']} {t['meaning']} |")
+    lines += ["", "## Why this architecture", "",
+              "A 2.5-D U-Net (2-D convolutions over 3 neighbouring slices as channels, "
+              f"{m['architecture']['base']} base channels, depth {m['architecture']['depth']}): ONNX Runtime's CPU "
+              "INT8 kernels speed up 2-D convolutions (measured here: "
+              f"{d.get('latency_batch8_128x128_2threads_s', {}).get('speedup', 'n/a')}x on this network) while 3-D "
+              "convolutions barely gain (about 1.03x on a small 3-D U-Net, DEVELOPERS.md), and the slice context "
+              "gives most of the 3-D information at a fraction of the cost.", "",
+              "## Training data", ""]
+    for t in m["training_data"]:
+        lines.append(f"- **{t['name']}**: {t['source']}" + (f" (patient {t['patient']})" if "patient" in t else "") + f"; {t.get('licence', '')}")
+    lines += ["", "## Held-out evaluation", "",
+              f"Held-out volume: {m['heldout_data'][0]['source']}, {m['heldout_data'][0]['patient']}. "
+              f"Reference: {met['reference']}. The full runtime (`radreview infer`) on the original DICOM grid.", "",
+              "| label | Dice FP32 | HD95 FP32 (mm) | Dice INT8 | HD95 INT8 (mm) | reference voxels | predicted (FP32) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r32 in met["fp32"].items():
+        r8 = met["int8"][name]
+        lines.append(f"| {name} | {_fmt(r32['dice'])} | {_fmt(r32['hd95_mm'], 1)} | {_fmt(r8['dice'])} | {_fmt(r8['hd95_mm'], 1)} | "
+                     f"{r32['reference_voxels']} | {r32['predicted_voxels']} |")
+    lines += ["", "Dice is undefined-or-zero where the reference is empty (no lungs or kidneys in this slab): "
+              "any predicted voxel there is a false positive, counted in the last column.", "",
+              "## FP32 vs INT8", "",
+              "Static QDQ INT8 (ONNX Runtime, per-channel weights, percentile (99.999) calibration on patches of the training volumes, first and last convolution kept FP32; recipe chosen on training patient B, see training/quant_select.json).", "",
+              "| label | Dice between FP32 and INT8 masks (held-out) | Dice drop vs reference |", "|---|---|---|"]
+    for name, v in d.get("dice_fp32_vs_int8_masks", {}).items():
+        lines.append(f"| {name} | {_fmt(v, 4)} | {_fmt(d.get('dice_drop_vs_reference', {}).get(name), 4)} |")
+    lat = d.get("latency_batch8_128x128_2threads_s", {})
+    lines += ["", f"Latency, batch of 8 patches 3x128x128, 2 threads, median of 5: FP32 {_fmt(lat.get('fp32'), 4)} s, "
+              f"INT8 {_fmt(lat.get('int8'), 4)} s ({lat.get('speedup', 'n/a')}x). End to end on the held-out series: "
+              f"FP32 {met['end_to_end_seconds']['fp32']} s, INT8 {met['end_to_end_seconds']['int8']} s.", "",
+              "## Review policy and calibration", "",
+              f"Confidence thresholds (mean max-softmax probability inside the predicted region): "
+              + ", ".join(f"{k} {v}" for k, v in m["review_policy"]["confidence_threshold"].items())
+              + f". Temperature {m['calibration']['temperature']} ({m['calibration'].get('note', '')}).", "",
+              "## Limitations", ""]
+    lines += [f"- {x}" for x in m["limitations"]]
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = argv if argv is not None else sys.argv[1:]
+    model_id = argv[0] if argv else "ct-organs-2p5d"
+    pkg = load_package(model_id)
+    notes = pkg.meta.get("card_notes", "")
+    out = ROOT / "docs" / "model-cards" / f"{model_id}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(model_id, notes))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

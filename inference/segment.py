@@ -238,20 +238,26 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
     shape = volume.array.shape
     best = np.full(shape, -1.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8 if max(lbl["index"] for lbl in labels_meta) < 256 else np.uint16)
+    upd = np.empty(shape, dtype=bool)
 
     def back(arr: np.ndarray) -> np.ndarray:
         im = sitk.GetImageFromArray(arr)
         im.CopyInformation(grid)
         out = sitk.Resample(im, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        return sitk.GetArrayFromImage(out)
+        return sitk.GetArrayViewFromImage(out), out
 
     for c, lm in enumerate(labels_meta):
-        pc = back(np.ascontiguousarray(prob[c]))
-        upd = pc > best
-        best[upd] = pc[upd]
-        lab[upd] = lm["index"]
+        pc, _keep = back(np.ascontiguousarray(prob[c]))
+        # running argmax without fancy indexing (no index temporaries; numpy drops the GIL)
+        np.greater(pc, best, out=upd)
+        np.copyto(best, pc, where=upd)
+        np.copyto(lab, lm["index"], where=upd)
+        del _keep
         yield SegProgress("inverse", c + 1, n_cls)
-    entropy = back(ent_model).astype(np.float16)
+    del upd
+    ent_view, ent_img = back(ent_model)  # the view is only valid while ent_img lives
+    entropy = np.array(ent_view, dtype=np.float16)
+    del ent_view, ent_img
     del prob
     stage["inverse"] = time.perf_counter() - t
 
@@ -262,31 +268,50 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
     fill = by_name.get("body", 0)
     for name in lcc:
         idx = by_name.get(name)
-        if idx is None:
-            continue
-        mask = lab == idx
-        if not mask.any():
-            continue
-        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))), sortByObjectSize=True)
-        keep = sitk.GetArrayViewFromImage(cc) == 1
-        lab[mask & ~keep] = fill if idx != fill else 0
+        if idx is not None:
+            _keep_largest_component(lab, idx, fill if idx != fill else 0)
+    yield SegProgress("post", 1, 2)
+    lab_img = sitk.GetImageFromArray(lab)
+    lab_img.CopyInformation(ref)
+    prob_img = sitk.GetImageFromArray(best)
+    prob_img.CopyInformation(ref)
+    st = sitk.LabelIntensityStatisticsImageFilter()
+    st.Execute(lab_img, prob_img)
+    present = set(st.GetLabels())
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    counts = np.bincount(lab.ravel(), minlength=max(by_name.values()) + 1)
     stats = []
     for lm in labels_meta:
         if lm["index"] == 0:
             continue
-        n = int(counts[lm["index"]])
-        conf = float(best[lab == lm["index"]].mean()) if n else None
-        centroid = None
-        if n:
-            zz, yy, xx = np.nonzero(lab == lm["index"])
-            centroid = tuple(float(v) for v in volume.index_to_lps([xx.mean(), yy.mean(), zz.mean()]))
-        stats.append(LabelStats(lm["index"], lm["name"], n, n * voxel_ml, conf, tuple(lm["color"]), centroid))
+        i = lm["index"]
+        if i in present:
+            n = int(st.GetNumberOfPixels(i))
+            stats.append(LabelStats(i, lm["name"], n, n * voxel_ml, float(st.GetMean(i)), tuple(lm["color"]),
+                                    tuple(float(v) for v in st.GetCentroid(i))))
+        else:
+            stats.append(LabelStats(i, lm["name"], 0, 0.0, None, tuple(lm["color"]), None))
     stage["post"] = time.perf_counter() - t
-    yield SegProgress("post", 1, 1, eta_s=0.0)
+    yield SegProgress("post", 2, 2, eta_s=0.0)
     return SegmentationResult(package.id, precision, lab, best.astype(np.float16), entropy, stats,
                               time.perf_counter() - t_start, stage, warnings)
+
+
+def _keep_largest_component(lab: np.ndarray, idx: int, fill: int) -> None:
+    """Keep the largest 3-D connected component of label ``idx`` (in place); others become ``fill``.
+
+    Works on the label's bounding box only (SimpleITK ConnectedComponent + RelabelComponent).
+    """
+    zs = np.flatnonzero((lab == idx).any(axis=(1, 2)))
+    if zs.size == 0:
+        return
+    sub = lab[zs[0] : zs[-1] + 1]
+    mask2 = (sub == idx).any(axis=0)
+    ys, xs = np.flatnonzero(mask2.any(axis=1)), np.flatnonzero(mask2.any(axis=0))
+    box = sub[:, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+    mask = box == idx
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))), sortByObjectSize=True)
+    drop = mask & (sitk.GetArrayViewFromImage(cc) != 1)
+    box[drop] = fill
 
 
 def segment(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None) -> SegmentationResult:

@@ -15,8 +15,8 @@ def require_display() -> None:
         raise pytest.UsageError("GUI/render tests need an X display: run them with scripts/test.sh (starts Xvfb)")
 
 
-@pytest.fixture
-def window(qtbot, ct_series):
+def open_window(qtbot, path):
+    """A shown MainWindow with ``path`` loaded (waits for ``volume_loaded``)."""
     from viewer._qt.main_window import MainWindow
 
     win = MainWindow()
@@ -25,7 +25,20 @@ def window(qtbot, ct_series):
     win.show()
     qtbot.waitExposed(win)
     with qtbot.waitSignal(win.volume_loaded, timeout=60000):
-        win.open_path(str(ct_series))
+        win.open_path(str(path))
     qtbot.wait(50)
+    return win
+
+
+@pytest.fixture
+def window(qtbot, ct_series):
+    win = open_window(qtbot, ct_series)
+    yield win
+    win.close()
+
+
+@pytest.fixture
+def mr_window(qtbot, data_dir):
+    win = open_window(qtbot, data_dir / "mr-brain-label/brain1_image.nrrd")
     yield win
     win.close()

@@ -72,14 +72,8 @@ def test_cancel_leaves_no_result(window, qtbot):
         panel.run()
 
 
-def test_mr_study_is_refused_with_message(qtbot, data_dir):
-    from viewer._qt.main_window import MainWindow
-
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.volume_loaded, timeout=60000):
-        win.open_path(str(data_dir / "mr-brain-label/brain1_image.nrrd"))
+def test_mr_study_is_refused_with_message(qtbot, mr_window):
+    win = mr_window
     with qtbot.waitSignal(win.ai_panel.run_failed, timeout=60000) as blocker:
         win.ai_panel.run()
     assert "accepts CT" in blocker.args[0]

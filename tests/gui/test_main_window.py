@@ -150,13 +150,7 @@ def test_screenshot_and_bad_folder(window, qtbot, tmp_path):
     assert window.model.volume is not None  # the previous study stays usable
 
 
-def test_nifti_and_mr_open(qtbot, data_dir):
-    from viewer._qt.main_window import MainWindow
-
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.volume_loaded, timeout=60000):
-        win.open_path(str(data_dir / "mr-brain-label/brain1_image.nrrd"))
+def test_nifti_and_mr_open(mr_window):
+    win = mr_window
     assert win.model.preset == "auto"
     assert win.model.volume.info.modality == "MR"

@@ -1,3 +1,3 @@
-from tests.qt_fixtures import require_display, window  # noqa: F401
+from tests.qt_fixtures import mr_window, require_display, window  # noqa: F401
 
 require_display()

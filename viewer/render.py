@@ -99,12 +99,20 @@ class SliceScene:
             prop.LightingOff()
             self.renderer.AddActor(actor)
             self.lines.append((src, actor))
-        self.corner = vtk.vtkCornerAnnotation()
-        self.corner.SetMaximumFontSize(14)
-        self.corner.SetMinimumFontSize(10)
-        self.corner.SetLinearFontScaleFactor(2)
-        self.corner.GetTextProperty().SetColor(0.9, 0.9, 0.6)
-        self.renderer.AddViewProp(self.corner)
+        # corner text: 0 lower-left, 1 lower-right, 2 upper-left, 3 upper-right (fixed 11 pt, so it
+        # stays readable in small views, where vtkCornerAnnotation hides its text)
+        self.corners = []
+        for x, y, hj, vj in ((0.006, 0.006, 0, 0), (0.994, 0.006, 2, 0), (0.006, 0.994, 0, 2), (0.994, 0.994, 2, 2)):
+            t = vtk.vtkTextActor()
+            t.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
+            t.GetPositionCoordinate().SetValue(x, y)
+            tp = t.GetTextProperty()
+            tp.SetFontSize(11)
+            tp.SetColor(0.9, 0.9, 0.6)
+            tp.SetJustification(hj)
+            tp.SetVerticalJustification(vj)
+            self.renderer.AddViewProp(t)
+            self.corners.append(t)
         self.letters = []
         for pos in ((0.01, 0.5), (0.975, 0.5), (0.5, 0.965), (0.5, 0.01)):
             t = vtk.vtkTextActor()
@@ -164,10 +172,11 @@ class SliceScene:
         mapping = m.mappings[self.plane]
         k = m.slice_index(self.plane)
         c, w = m.window
-        self.corner.SetText(2, f"{info.patient_name or 'anonymous'}\n{info.patient_id}\n{_date(info.study_date)}")
-        self.corner.SetText(3, f"{info.modality} {info.series_number}\n{info.series_description}\n{self.plane}")
-        self.corner.SetText(0, f"Slice {k + 1}/{mapping.n_slices}\n{_pos_label(self.plane)} {m.slice_position_mm(self.plane):.1f} mm")
-        self.corner.SetText(1, f"W {w:.0f}  L {c:.0f}" + (f"\n{m.preset}" if m.preset else ""))
+        ul = "\n".join(x for x in (info.patient_name or "anonymous", info.patient_id, _date(info.study_date)) if x)
+        self.corners[2].SetInput(ul)
+        self.corners[3].SetInput(f"{info.modality} {info.series_number}".strip() + f"\n{info.series_description}\n{self.plane}")
+        self.corners[0].SetInput(f"Slice {k + 1}/{mapping.n_slices}\n{_pos_label(self.plane)} {m.slice_position_mm(self.plane):.1f} mm")
+        self.corners[1].SetInput(f"W {w:.0f}  L {c:.0f}" + (f"\n{m.preset}" if m.preset else ""))
 
     # ------------------------------------------------------------------ camera / coordinates
     def reset_camera(self) -> None:

@@ -86,6 +86,27 @@ class SegmentationResult:
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
 
 
+def check_session(session, package: ModelPackage, n_out: int) -> None:
+    """Refuse an ONNX model whose input/output shape does not match its card.
+
+    Raises
+    ------
+    PackageError
+        Channels, dimensionality or output classes differ from ``model.json``.
+    """
+    spec = package.meta["input"]
+    inp = session.get_inputs()[0]
+    ctx = int(spec.get("context_slices", 1))
+    channels = int(spec["channels"])
+    if channels != 2 * ctx + 1:
+        raise PackageError(f"{package.id}: input.channels {channels} != 2*context_slices+1")
+    if len(inp.shape) != 4 or (isinstance(inp.shape[1], int) and inp.shape[1] != channels):
+        raise PackageError(f"{package.id}: ONNX input {inp.name} has shape {inp.shape}, card says {channels} channels, 2-D patches")
+    out_shape = session.get_outputs()[0].shape
+    if isinstance(out_shape[1], int) and out_shape[1] != n_out:
+        raise PackageError(f"{package.id}: ONNX output has {out_shape[1]} channels, card lists {n_out} labels")
+
+
 def make_session(path, threads: int | None = None):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads (all cores if ``None``)."""
     import onnxruntime as ort
@@ -148,6 +169,53 @@ def _windows(n: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
+def sliding_window(x: np.ndarray, session, spec: dict, n_cls: int, temperature: float = 1.0, batch: int = 8):
+    """2.5-D sliding window over a normalised model-grid array ``x`` ``(z, y, x)``.
+
+    Yields :class:`SegProgress` ("infer"); returns softmax probabilities ``(n_cls, z, y, x)``
+    blended with a Gaussian importance map. Neighbouring slices (``context_slices`` each side,
+    clamped at the ends) form the channels.
+    """
+    t = time.perf_counter()
+    ctx = int(spec.get("context_slices", 1))
+    channels = 2 * ctx + 1
+    name = session.get_inputs()[0].name
+    ph, pw = spec["patch_size"][-2:]
+    overlap = float(spec.get("overlap", 0.5))
+    nz, ny, nx = x.shape
+    pad_y, pad_x = max(0, ph - ny), max(0, pw - nx)
+    if pad_y or pad_x:
+        x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="constant", constant_values=float(x.min()))
+    Z, Y, X = x.shape
+    sy, sx = max(1, int(ph * (1 - overlap))), max(1, int(pw * (1 - overlap)))
+    ys, xs = _windows(Y, ph, sy), _windows(X, pw, sx)
+    g = gaussian_importance((ph, pw))
+    prob = np.zeros((n_cls, Z, Y, X), dtype=np.float32)
+    norm = np.zeros((Y, X), dtype=np.float32)
+    for y0 in ys:
+        for x0 in xs:
+            norm[y0 : y0 + ph, x0 : x0 + pw] += g
+    tiles = [(k, y0, x0) for k in range(Z) for y0 in ys for x0 in xs]
+    total = len(tiles)
+    for b0 in range(0, total, batch):
+        part = tiles[b0 : b0 + batch]
+        inp_arr = np.empty((len(part), channels, ph, pw), dtype=np.float32)
+        for n, (k, y0, x0) in enumerate(part):
+            idx = np.clip(np.arange(k - ctx, k + ctx + 1), 0, Z - 1)
+            inp_arr[n] = x[idx, y0 : y0 + ph, x0 : x0 + pw]
+        logits = session.run(None, {name: inp_arr})[0] / temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        p = e / e.sum(axis=1, keepdims=True)
+        for n, (k, y0, x0) in enumerate(part):
+            prob[:, k, y0 : y0 + ph, x0 : x0 + pw] += p[n] * g
+        done = min(b0 + batch, total)
+        elapsed = time.perf_counter() - t
+        yield SegProgress("infer", done, total, eta_s=elapsed / done * (total - done) + 0.3 * elapsed * (done < total))
+    prob /= norm[None]
+    return prob[:, :, :ny, :nx]
+
+
 def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None,
                  batch: int = 8) -> Generator[SegProgress, None, SegmentationResult]:
     """Run a segmentation package on ``volume``; yields progress, returns the result.
@@ -173,16 +241,7 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
     labels_meta = package.labels
     n_cls = len(labels_meta)
     session = make_session(package.file(precision), threads)
-    inp = session.get_inputs()[0]
-    ctx = int(spec.get("context_slices", 1))
-    channels = int(spec["channels"])
-    if channels != 2 * ctx + 1:
-        raise PackageError(f"{package.id}: input.channels {channels} != 2*context_slices+1")
-    if len(inp.shape) != 4 or (isinstance(inp.shape[1], int) and inp.shape[1] != channels):
-        raise PackageError(f"{package.id}: ONNX input {inp.name} has shape {inp.shape}, card says {channels} channels, 2-D patches")
-    out_shape = session.get_outputs()[0].shape
-    if isinstance(out_shape[1], int) and out_shape[1] != n_cls:
-        raise PackageError(f"{package.id}: ONNX output has {out_shape[1]} channels, card lists {n_cls} labels")
+    check_session(session, package, n_cls)
     temperature = float(package.meta["calibration"]["temperature"])
     stage = {}
 
@@ -195,40 +254,13 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
 
     # ---------------------------------------------------------------- infer
     t = time.perf_counter()
-    ph, pw = spec["patch_size"][-2:]
-    overlap = float(spec.get("overlap", 0.5))
-    nz, ny, nx = x.shape
-    pad_y, pad_x = max(0, ph - ny), max(0, pw - nx)
-    if pad_y or pad_x:
-        x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="constant", constant_values=float(x.min()))
-    Z, Y, X = x.shape
-    sy, sx = max(1, int(ph * (1 - overlap))), max(1, int(pw * (1 - overlap)))
-    ys, xs = _windows(Y, ph, sy), _windows(X, pw, sx)
-    g = gaussian_importance((ph, pw))
-    prob = np.zeros((n_cls, Z, Y, X), dtype=np.float32)
-    norm = np.zeros((Y, X), dtype=np.float32)
-    for y0 in ys:
-        for x0 in xs:
-            norm[y0 : y0 + ph, x0 : x0 + pw] += g
-    tiles = [(k, y0, x0) for k in range(Z) for y0 in ys for x0 in xs]
-    total = len(tiles)
-    for b0 in range(0, total, batch):
-        part = tiles[b0 : b0 + batch]
-        inp_arr = np.empty((len(part), channels, ph, pw), dtype=np.float32)
-        for n, (k, y0, x0) in enumerate(part):
-            idx = np.clip(np.arange(k - ctx, k + ctx + 1), 0, Z - 1)
-            inp_arr[n] = x[idx, y0 : y0 + ph, x0 : x0 + pw]
-        logits = session.run(None, {inp.name: inp_arr})[0] / temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        p = e / e.sum(axis=1, keepdims=True)
-        for n, (k, y0, x0) in enumerate(part):
-            prob[:, k, y0 : y0 + ph, x0 : x0 + pw] += p[n] * g
-        done = min(b0 + batch, total)
-        elapsed = time.perf_counter() - t
-        yield SegProgress("infer", done, total, eta_s=elapsed / done * (total - done) + 0.3 * elapsed * (done < total))
-    prob /= norm[None]
-    prob = prob[:, :, :ny, :nx]
+    gen = sliding_window(x, session, spec, n_cls, temperature, batch)
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration as stop:
+            prob = stop.value
+            break
     stage["infer"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- inverse

@@ -164,6 +164,111 @@ def _infer(args) -> int:
     return 0
 
 
+def _review(args) -> int:
+    from inference.package import PackageError
+    from review.findings import SignOffRefused
+    from review.store import ReviewStore, StoreCorrupt
+    from studies import LoadError, open_volume
+    from viewer.workflow import default_models, open_session, run_models
+
+    if not os.path.exists(args.path):
+        raise CliError(f"{args.path}: no such file or folder")
+    try:
+        vol = open_volume(args.path)
+        store = ReviewStore(args.db)
+    except (LoadError, ValueError, StoreCorrupt) as exc:
+        raise CliError(str(exc)) from None
+    models = args.model or default_models(vol)
+    run = run_models(vol, models, store, precision=args.precision, threads=args.threads)
+    for mid, why in run.refused.items():
+        print(f"radreview: model {mid} refused: {why}", file=sys.stderr)
+    if not run.findings:
+        raise CliError("no findings: no model ran on this study")
+    session = open_session(store, vol, run.findings)
+    reviewer = args.reviewer or os.environ.get("USER", "")
+    for item in args.decide or []:
+        if "=" not in item:
+            raise CliError(f"--decide takes FINDING=accept|reject|edit, not {item!r}")
+        name, decision = item.split("=", 1)
+        try:
+            ts = session.decide(name, decision, reviewer, args.reason)
+        except (KeyError, ValueError) as exc:
+            raise CliError(str(exc.args[0] if exc.args else exc)) from None
+        print(f"saved: {session.resolve(name).id} = {decision} by {reviewer} at {ts}")
+    out = {"study": session.key, "findings": [{**f.as_dict(), "decision": session.decisions.get(f.id, {}).get("decision")}
+                                              for f in session.findings.values()]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for f in session.findings.values():
+            flag = "NEEDS REVIEW" if f.needs_review else "ok"
+            dec = session.decisions.get(f.id, {}).get("decision", "-")
+            conf = "n/a" if f.confidence is None else f"{f.confidence:.3f}"
+            print(f"  {f.id:38} confidence {conf:>6} threshold {f.threshold}  {flag:12} decision {dec}")
+    if args.sign_off:
+        try:
+            ts = session.sign_off(reviewer)
+        except SignOffRefused as exc:
+            lines = "; ".join(f.id for f in exc.pending)
+            raise CliError(f"sign-off refused: {len(exc.pending)} flagged finding(s) without a decision: {lines}") from None
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        print(f"signed off by {reviewer} at {ts}")
+    return 0
+
+
+def _audit(args) -> int:
+    from review.store import ReviewStore, StoreCorrupt
+
+    try:
+        store = ReviewStore(args.db)
+    except StoreCorrupt as exc:
+        raise CliError(str(exc)) from None
+    rep = store.verify_audit()
+    if not rep.ok:
+        raise CliError(f"audit log of {store.path} FAILED verification ({rep.rows} rows): " + "; ".join(rep.problems))
+    print(f"audit log of {store.path}: {rep.rows} rows, hash chain intact")
+    return 0
+
+
+def _explain(args) -> int:
+    from inference.package import PackageError, load_package
+    from studies import LoadError, open_volume, save_label_file
+
+    if not os.path.exists(args.path):
+        raise CliError(f"{args.path}: no such file or folder")
+    try:
+        from explain.gradcam import ExplanationRefused, explain_candidate, explain_label
+    except ImportError as exc:
+        raise CliError(f"explanations need the 'explain' extra (torch, captum): {exc}") from None
+    from inference.classify import classify
+    from inference.segment import segment
+
+    try:
+        vol = open_volume(args.path)
+        pkg = load_package(args.model, check_hashes=True)
+        if pkg.task == "classification":
+            res = classify(vol, pkg, "fp32", args.threads)
+            ex = explain_candidate(vol, pkg, res, args.target or "study")
+        else:
+            res = segment(vol, pkg, "fp32", args.threads)
+            target = args.target or next((s.name for s in res.stats if s.voxels), None)
+            ex = explain_label(vol, pkg, res, target)
+    except (PackageError, LoadError, ValueError, ExplanationRefused) as exc:
+        raise CliError(str(exc)) from None
+    out = __import__("pathlib").Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(ex.heatmap.astype("float32"))
+    img.CopyInformation(vol.to_sitk())
+    sitk.WriteImage(img, str(out / "heatmap.nii.gz"), True, 1)
+    data = ex.as_json()
+    (out / "explanation.json").write_text(json.dumps(data, indent=1))
+    print(json.dumps(data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radreview", description="Review medical-imaging AI output on CT/MR studies.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True)
     inf.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     inf.add_argument("--threads", type=int, default=None)
+    rv = sub.add_parser("review", help="run the models, record decisions and sign off, headless")
+    rv.add_argument("path")
+    rv.add_argument("--model", action="append", help="model id (repeatable; default: the models that fit the study)")
+    rv.add_argument("--reviewer", default=None)
+    rv.add_argument("--decide", action="append", metavar="FINDING=accept|reject|edit")
+    rv.add_argument("--reason", default=None)
+    rv.add_argument("--sign-off", action="store_true")
+    rv.add_argument("--json", action="store_true")
+    rv.add_argument("--db", default=None, help="review database (default: user data folder or $RADREVIEW_DB)")
+    rv.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    rv.add_argument("--threads", type=int, default=None)
+    au = sub.add_parser("audit", help="verify the hash-chained audit log")
+    ausub = au.add_subparsers(dest="audit_cmd", required=True)
+    av = ausub.add_parser("verify")
+    av.add_argument("--db", default=None)
+    ex = sub.add_parser("explain", help="Grad-CAM of a model on a study: heatmap.nii.gz + explanation.json")
+    ex.add_argument("path")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--target", default=None, help="classification: study | candidate-N; segmentation: a label name")
+    ex.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -219,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
             return _models(args)
         if args.command == "infer":
             return _infer(args)
+        if args.command == "review":
+            return _review(args)
+        if args.command == "audit":
+            return _audit(args)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "open":
             if not os.path.exists(args.path):
                 raise CliError(f"{args.path}: no such file or folder")

@@ -101,7 +101,7 @@ def gui_stall(path, threads):
     from PySide6.QtWidgets import QApplication
 
     from studies import open_volume
-    from viewer._qt.workers import segment_worker
+    from viewer._qt.workers import run_models_worker
 
     app = QApplication.instance() or QApplication([])
     vol = open_volume(path)
@@ -110,7 +110,7 @@ def gui_stall(path, threads):
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     done = []
-    w = segment_worker(vol, MODEL, "int8", threads)
+    w = run_models_worker(vol, [MODEL], None, "int8", threads)
     w.returned.connect(lambda r: done.append(r))
     w.errored.connect(lambda e: done.append(e))
     timer.start()

@@ -115,15 +115,16 @@ def gradcam_slices(net, layer_name: str, x: np.ndarray, slices: list[int], masks
     inp = np.stack([x[np.clip(np.arange(k - context, k + context + 1), 0, Z - 1)] for k in slices])
     inp, (h, w) = _pad8(inp)
     m, _ = _pad8(masks.astype(np.float32))
-    m_t = torch.from_numpy(m)
+    current = {}
 
     def score(t: torch.Tensor) -> torch.Tensor:
-        return (net(t)[:, class_index] * m_t).sum(dim=(1, 2))
+        return (net(t)[:, class_index] * current["mask"]).sum(dim=(1, 2))
 
     cams = []
     with torch.enable_grad():
         gc = LayerGradCam(score, layer)
         for s in range(0, len(slices), 4):
+            current["mask"] = torch.from_numpy(m[s : s + 4])
             part = torch.from_numpy(inp[s : s + 4]).requires_grad_(True)
             attr = gc.attribute(part, relu_attributions=True, attr_dim_summation=True)
             up = LayerAttribution.interpolate(attr, (inp.shape[-2], inp.shape[-1]), interpolate_mode="bilinear")
@@ -139,17 +140,21 @@ def _to_study(cam_grid: np.ndarray, grid: sitk.Image, volume: Volume) -> np.ndar
     return out / mx if mx > 0 else out
 
 
-def _finish(package, target, cam_grid, grid, volume, prob, t0, diff) -> Explanation:
+def _finish(package, target, cam_grid, grid, volume, prob, t0, diff, allow_zero: bool = False) -> Explanation:
     heat = _to_study(cam_grid, grid, volume)
-    if heat.max() <= 0:
+    if heat.max() <= 0 and not allow_zero:
         raise ExplanationRefused(f"{package.id}: Grad-CAM is zero everywhere for target {target!r} (no positive evidence)")
     k, j, i = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = tuple(float(v) for v in volume.index_to_lps([i, j, k]))
     return Explanation(package.id, target, heat.astype(np.float32), peak, prob, time.perf_counter() - t0, diff)
 
 
-def explain_candidate(volume: Volume, package: ModelPackage, result, target: str = "study", net=None) -> Explanation:
+def explain_candidate(volume: Volume, package: ModelPackage, result, target: str = "study", net=None,
+                      verify: bool = True) -> Explanation:
     """Grad-CAM of a classification result's candidate (``candidate-N``) or of the study.
+
+    ``verify=False`` skips the twin/ONNX agreement gate; only the weight-randomisation sanity
+    check uses it (a randomised twin disagrees with the shipped model by construction).
 
     Raises
     ------
@@ -165,7 +170,8 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     mid = x.shape[0] // 2
     probe = np.stack([x[np.clip(np.arange(mid - ctx, mid + ctx + 1), 0, x.shape[0] - 1)]])
     probe, _ = _pad8(probe)
-    diff = check_twin(net, package, probe[:, :, :128, :128] if probe.shape[-1] >= 128 and probe.shape[-2] >= 128 else probe)
+    diff = check_twin(net, package, probe[:, :, :128, :128] if probe.shape[-1] >= 128 and probe.shape[-2] >= 128 else probe) \
+        if verify else float("nan")
     if target == "study":
         cand = result.candidates[0] if result.candidates else None
         prob = result.study_probability
@@ -193,11 +199,14 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     cams = gradcam_slices(net, package.meta.get("gradcam_layer", "bottleneck"), x, slices, region[slices], 1, ctx)
     cam_grid = np.zeros(x.shape, np.float32)
     cam_grid[slices] = cams
-    return _finish(package, target, cam_grid, result.grid, volume, prob, t0, diff)
+    return _finish(package, target, cam_grid, result.grid, volume, prob, t0, diff, allow_zero=not verify)
 
 
-def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str, net=None, max_slices: int = 24) -> Explanation:
+def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str, net=None, max_slices: int = 24,
+                  verify: bool = True) -> Explanation:
     """Seg-Grad-CAM for a segmentation label (up to ``max_slices`` evenly spaced slices of it).
+
+    ``verify=False``: see :func:`explain_candidate` (randomisation sanity check only).
 
     Raises
     ------
@@ -224,21 +233,28 @@ def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str,
     ctx = int(spec.get("context_slices", 1))
     mid = int(present[len(present) // 2])
     probe, _ = _pad8(np.stack([x[np.clip(np.arange(mid - ctx, mid + ctx + 1), 0, x.shape[0] - 1)]]))
-    diff = check_twin(net, package, probe)
+    diff = check_twin(net, package, probe) if verify else float("nan")
     slices = [int(v) for v in np.unique(present[np.linspace(0, len(present) - 1, min(max_slices, len(present))).astype(int)])]
     cams = gradcam_slices(net, package.meta.get("gradcam_layer", "bottleneck"), x, slices, mask[slices], idx, ctx)
     cam_grid = np.zeros(x.shape, np.float32)
     cam_grid[slices] = cams
     stats = {s.name: s for s in seg_result.stats}
     conf = stats[label].confidence if label in stats else None
-    return _finish(package, label, cam_grid, grid, volume, conf, t0, diff)
+    return _finish(package, label, cam_grid, grid, volume, conf, t0, diff, allow_zero=not verify)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (scipy.stats.spearmanr on the flattened arrays)."""
+    """Spearman rank correlation of two maps (scipy.stats.spearmanr on the flattened arrays).
+
+    A constant map (e.g. all zero after weight randomisation) shares no ranking with the other:
+    returned as 0.0 rather than NaN.
+    """
     from scipy.stats import spearmanr
 
-    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+    a, b = np.ravel(a), np.ravel(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
 
 
 def randomized_copy(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

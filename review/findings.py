@@ -15,7 +15,7 @@ from typing import Any
 
 from .store import DECISIONS, ReviewStore
 
-__all__ = ["Finding", "SignOffRefused", "ReviewSession", "findings_from_segmentation",
+__all__ = ["finding_from_dict", "Finding", "SignOffRefused", "ReviewSession", "findings_from_segmentation",
            "findings_from_classification", "study_key"]
 
 
@@ -47,6 +47,13 @@ class Finding:
         return {"id": self.id, "model": self.model_id, "kind": self.kind, "name": self.name,
                 "confidence": self.confidence, "threshold": self.threshold,
                 "needs_review": self.needs_review, **{k: v for k, v in self.details.items()}}
+
+
+def finding_from_dict(d: dict) -> Finding:
+    """Inverse of :meth:`Finding.as_dict` (used to restore a study's findings from the store)."""
+    core = {"id", "model", "kind", "name", "confidence", "threshold", "needs_review"}
+    return Finding(d["id"], d["model"], d["kind"], d["name"], d.get("confidence"), d.get("threshold"),
+                   {k: v for k, v in d.items() if k not in core})
 
 
 class SignOffRefused(RuntimeError):

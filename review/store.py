@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS signoffs (
 CREATE TABLE IF NOT EXISTS thresholds (
     model_id TEXT NOT NULL, label TEXT NOT NULL, value REAL NOT NULL CHECK (value >= 0 AND value <= 1),
     reviewer TEXT NOT NULL, reason TEXT, ts TEXT NOT NULL, PRIMARY KEY (model_id, label));
+CREATE TABLE IF NOT EXISTS findings (
+    study_key TEXT NOT NULL, finding_id TEXT NOT NULL, data TEXT NOT NULL, ts TEXT NOT NULL,
+    PRIMARY KEY (study_key, finding_id));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     payload TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -173,6 +176,25 @@ class ReviewStore:
         return self._write(reviewer, "threshold", {"model": model_id, "label": label, "old": old, "new": float(value), "reason": reason or ""},
                            "INSERT OR REPLACE INTO thresholds (model_id, label, value, reviewer, reason, ts) VALUES (?, ?, ?, ?, ?, ?)",
                            (model_id, label, float(value), reviewer, reason, ts), ts)
+
+    def save_findings(self, study_key: str, findings: list[dict], actor: str = "radreview") -> str:
+        """Store the findings of an AI run (replacing that study's previous ones), audit-logged."""
+        ts = _now()
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("DELETE FROM findings WHERE study_key = ?", (study_key,))
+                self.conn.executemany("INSERT INTO findings (study_key, finding_id, data, ts) VALUES (?, ?, ?, ?)",
+                                      [(study_key, f["id"], json.dumps(f, sort_keys=True), ts) for f in findings])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return self.log_event(actor, "ai-run", {"study": study_key, "findings": [f["id"] for f in findings]})
+
+    def load_findings(self, study_key: str) -> list[dict]:
+        rows = self.conn.execute("SELECT data FROM findings WHERE study_key = ? ORDER BY rowid", (study_key,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def log_event(self, actor: str, action: str, payload: dict) -> str:
         """Audit-only event (e.g. a shadow-mode reveal, a model run)."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up radreview on Debian/Ubuntu: the system libraries Qt/VTK/Xvfb need, a virtual
-# environment in .venv and the package (editable) with its test extras. Safe to re-run.
+# environment in .venv and the package (editable) with its test and explain extras (torch
+# 2.13.0, the CPU build pip finds on this kind of machine; captum). Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ PY="${PYTHON:-python3}"
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "radreview needs Python >= 3.11")'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import studies, viewer, vtk, PySide6, SimpleITK, pydicom, onnxruntime" \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,explain]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import studies, viewer, vtk, PySide6, SimpleITK, pydicom, onnxruntime, torch, captum" \
   || { echo "setup: the environment is incomplete (see pip output above)" >&2; exit 1; }
 echo "setup: ready (.venv)"

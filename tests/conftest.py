@@ -82,3 +82,9 @@ def uncompressed_ct(tmp_path, ct_datasets):
 
 def pixel_sum_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a, b)
+
+
+@pytest.fixture(autouse=True)
+def _private_review_db(tmp_path_factory, monkeypatch):
+    """Every test gets its own review database; the user's is never touched."""
+    monkeypatch.setenv("RADREVIEW_DB", str(tmp_path_factory.mktemp("db") / "review.sqlite"))

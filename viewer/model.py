@@ -292,11 +292,11 @@ class ViewerModel:
         Raises
         ------
         ValueError
-            If its ``labels`` array is not on the volume's grid (shape differs).
+            If its ``shape`` is not the volume's ``(z, y, x)`` grid.
         """
-        arr = getattr(overlay, "labels", None)
-        if self.volume is None or arr is None or arr.shape != self.volume.array.shape:
-            raise ValueError(f"overlay {name!r} shape {getattr(arr, 'shape', None)} does not match the volume "
+        shape = tuple(getattr(overlay, "shape", ()) or ())
+        if self.volume is None or shape != self.volume.array.shape:
+            raise ValueError(f"overlay {name!r} shape {shape or None} does not match the volume "
                              f"{None if self.volume is None else self.volume.array.shape}")
         self.overlays[name] = overlay
         self.overlays_changed.emit()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inference.classify import ClassificationResult, classify
+from inference.classify import ClassificationResult
 from inference.package import ModelPackage, PackageError, load_package
-from inference.segment import SegmentationResult, segment
+from inference.segment import SegmentationResult
 from review.findings import Finding, ReviewSession, findings_from_classification, findings_from_segmentation, study_key
 from review.store import ReviewStore
 from studies.volume import Volume
 
-__all__ = ["AIRun", "default_models", "run_models", "open_session"]
+__all__ = ["AIRun", "default_models", "run_models", "iter_run_models", "open_session"]
 
 
 @dataclass
@@ -28,7 +28,8 @@ class AIRun:
 
 def default_models(volume: Volume) -> list[str]:
     """The shipped models that fit a study: the organ model for CT, plus the nodule model when
-    the study contains lungs (HU rule: at least 50 mL of aerated lung)."""
+    the study holds a chest (HU rule: at least 300 mL of aerated lung; bowel gas and lung bases
+    in an abdominal scan stay below that)."""
     if volume.info.modality != "CT":
         return []
     import numpy as np
@@ -39,7 +40,41 @@ def default_models(volume: Volume) -> list[str]:
     sub = volume.array[:, ::step, ::step]
     sp = (volume.spacing[0] * step, volume.spacing[1] * step, volume.spacing[2])
     lungs_ml = lung_mask(sub, sp).sum() * float(np.prod(sp)) / 1000
-    return ["ct-organs-2p5d"] + (["ct-nodule-2p5d"] if lungs_ml >= 50 else [])
+    return ["ct-organs-2p5d"] + (["ct-nodule-2p5d"] if lungs_ml >= 300 else [])
+
+
+def iter_run_models(volume: Volume, model_ids: list[str], thresholds: dict[str, dict[str, float]] | None = None,
+                    precision: str = "int8", threads: int | None = None):
+    """Generator form of :func:`run_models`: yields ``(model_id, SegProgress)``, returns an :class:`AIRun`.
+
+    A package refused for this study (modality, hash, shape...) is recorded in ``AIRun.refused``,
+    not raised. ``thresholds`` maps model id to logged threshold overrides.
+    """
+    from inference.classify import iter_classify
+    from inference.segment import iter_segment
+
+    run = AIRun()
+    for mid in model_ids:
+        try:
+            pkg = load_package(mid, check_hashes=True)
+            overrides = (thresholds or {}).get(pkg.id, {})
+            gen = (iter_segment if pkg.task == "segmentation" else iter_classify)(volume, pkg, precision, threads)
+            while True:
+                try:
+                    yield mid, next(gen)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+            if pkg.task == "segmentation":
+                run.segmentations[pkg.id] = res
+                run.findings += findings_from_segmentation(res, pkg, overrides)
+            else:
+                run.classifications[pkg.id] = res
+                run.findings += findings_from_classification(res, pkg, overrides)
+            run.packages[pkg.id] = pkg
+        except PackageError as exc:
+            run.refused[mid] = str(exc)
+    return run
 
 
 def run_models(volume: Volume, model_ids: list[str], store: ReviewStore | None = None, precision: str = "int8",
@@ -48,23 +83,13 @@ def run_models(volume: Volume, model_ids: list[str], store: ReviewStore | None =
 
     Thresholds come from the model card's review policy, overridden by logged changes in ``store``.
     """
-    run = AIRun()
-    for mid in model_ids:
+    thresholds = {mid: store.thresholds(mid) for mid in model_ids} if store else None
+    gen = iter_run_models(volume, model_ids, thresholds, precision, threads)
+    while True:
         try:
-            pkg = load_package(mid, check_hashes=True)
-            overrides = store.thresholds(pkg.id) if store else {}
-            if pkg.task == "segmentation":
-                res = segment(volume, pkg, precision, threads)
-                run.segmentations[pkg.id] = res
-                run.findings += findings_from_segmentation(res, pkg, overrides)
-            else:
-                res = classify(volume, pkg, precision, threads)
-                run.classifications[pkg.id] = res
-                run.findings += findings_from_classification(res, pkg, overrides)
-            run.packages[pkg.id] = pkg
-        except PackageError as exc:
-            run.refused[mid] = str(exc)
-    return run
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def open_session(store: ReviewStore, volume: Volume, findings: list[Finding]) -> ReviewSession:

@@ -24,7 +24,9 @@ def test_run_ai_shows_findings_and_keeps_gui_responsive(window, qtbot):
         assert not panel.run_button.isEnabled() and panel.cancel_button.isEnabled()
     run_s = time.perf_counter() - t0
     timer.stop()
-    result = blocker.args[0]
+    run = blocker.args[0]
+    assert list(run.segmentations) == ["ct-organs-2p5d"]  # abdominal CT: no nodule model
+    result = run.segmentations["ct-organs-2p5d"]
     # the event loop kept turning while the model ran on the worker thread
     gaps = np.diff(ticks)
     assert len(ticks) > 10 and gaps.max() < run_s / 4

@@ -18,7 +18,7 @@ from inference.package import list_packages
 
 from ..model import ViewerModel
 from ..overlay import LabelOverlay
-from .workers import segment_worker
+from .workers import run_models_worker
 
 __all__ = ["AIPanel"]
 
@@ -42,9 +42,11 @@ class AIPanel(QWidget):
         self.overlay: LabelOverlay | None = None
 
         self.model_box = QComboBox()
+        self.model_box.addItem("All models that fit the study", "auto")
         for pkg in list_packages():
-            if pkg.task == "segmentation":
-                self.model_box.addItem(f"{pkg.id} {pkg.meta['version']}", pkg.id)
+            self.model_box.addItem(f"{pkg.id} {pkg.meta['version']} ({pkg.task})", pkg.id)
+        self.run_result = None  # the whole AIRun
+        self.review_panel = None  # set by the main window
         self.precision_box = QComboBox()
         self.precision_box.addItems(["int8", "fp32"])
         self.run_button = QPushButton("Run AI")
@@ -94,18 +96,30 @@ class AIPanel(QWidget):
         model.volume_changed.connect(self._volume_changed)
 
     # ------------------------------------------------------------------ running
+    def model_ids(self) -> list[str]:
+        from viewer.workflow import default_models
+
+        choice = self.model_box.currentData()
+        if choice == "auto":
+            return default_models(self.model.volume)
+        return [choice]
+
     def run(self) -> None:
         if self.model.volume is None or self.worker is not None:
             return
-        if self.model_box.count() == 0:
-            self.run_failed.emit("no segmentation model package installed")
+        ids = self.model_ids()
+        if not ids:
+            self.run_failed.emit(f"no shipped model accepts this study ({self.model.volume.info.modality or 'unknown'} "
+                                 "modality); models accept CT")
             return
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         self.eta.setText("Preparing…")
-        w = segment_worker(self.model.volume, self.model_box.currentData(), self.precision_box.currentText())
+        store = self.review_panel.store if self.review_panel is not None else None
+        thresholds = {mid: store.thresholds(mid) for mid in ids} if store else None
+        w = run_models_worker(self.model.volume, ids, thresholds, self.precision_box.currentText())
         w.yielded.connect(self._progress)
         w.returned.connect(self._done)
         w.errored.connect(self._failed)
@@ -124,11 +138,12 @@ class AIPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress.setVisible(False)
 
-    def _progress(self, p) -> None:
+    def _progress(self, item) -> None:
+        mid, p = item
         self.progress.setRange(0, max(p.total, 1))
         self.progress.setValue(p.done)
-        self.progress.setFormat(f"{p.stage} %v/%m")
-        self.eta.setText(f"{p.stage}: ETA {p.eta_s:.0f} s" if p.eta_s is not None else p.stage)
+        self.progress.setFormat(f"{mid} {p.stage} %v/%m")
+        self.eta.setText(f"{mid} — {p.stage}: ETA {p.eta_s:.0f} s" if p.eta_s is not None else f"{mid} — {p.stage}")
 
     def _aborted(self) -> None:
         self._reset()
@@ -140,23 +155,51 @@ class AIPanel(QWidget):
         self.eta.setText(f"Failed: {exc}")
         self.run_failed.emit(str(exc))
 
-    def _done(self, result) -> None:
+    def _done(self, run) -> None:
         self._reset()
-        if result is None or self.model.volume is None or result.labels.shape != self.model.volume.array.shape:
+        vol = self.model.volume
+        segs = list(run.segmentations.values()) if run is not None else []
+        if run is None or vol is None or any(r.labels.shape != vol.array.shape for r in segs):
             self.eta.setText("Result discarded: the study changed during the run")
             return
-        self.show_result(result)
-        self.eta.setText(f"{result.model_id} ({result.precision}): {result.seconds:.1f} s"
-                         + (f" — {'; '.join(result.warnings)}" if result.warnings else ""))
-        self.result_ready.emit(result)
+        if not run.findings:
+            msg = "; ".join(run.refused.values()) or "no model produced a finding"
+            self.eta.setText(f"Failed: {msg}")
+            self.run_failed.emit(msg)
+            return
+        self.run_result = run
+        if self.review_panel is not None:
+            self.review_panel.set_run(run)
+        flagged = {f.name for f in run.findings if f.needs_review and f.kind == "segmentation"}
+        if segs:
+            self.show_result(segs[0], flagged)
+        self._show_candidates(run)
+        secs = sum(r.seconds for r in [*segs, *run.classifications.values()])
+        self.eta.setText(f"{', '.join(run.packages)} ({self.precision_box.currentText()}): {secs:.1f} s"
+                         + (f" — refused: {'; '.join(run.refused.values())}" if run.refused else ""))
+        self.result_ready.emit(run)
+
+    def _show_candidates(self, run) -> None:
+        from ..overlay import Marker, MarkerOverlay
+
+        vol = self.model.volume
+        flagged = {f.id for f in run.findings if f.needs_review}
+        markers = []
+        for mid, res in run.classifications.items():
+            for c in res.candidates:
+                markers.append(Marker(tuple(vol.lps_to_index(c.center_lps)), c.size_mm / 2,
+                                      flagged=f"{mid}:candidate-{c.rank}" in flagged, name=f"candidate-{c.rank}"))
+        if markers:
+            self.model.set_overlay("ai-candidates", MarkerOverlay(markers, vol.array.shape, vol.spacing))
 
     # ------------------------------------------------------------------ display
-    def show_result(self, result) -> None:
+    def show_result(self, result, flagged_names=()) -> None:
         self.result = result
         colors = {s.index: s.color for s in result.stats}
         names = {s.index: s.name for s in result.stats}
         self.overlay = LabelOverlay(result.labels, colors, names, opacity=self.opacity.value() / 100,
-                                    mode="outline" if self.outline.isChecked() else "fill")
+                                    mode="outline" if self.outline.isChecked() else "fill",
+                                    flagged={s.index for s in result.stats if s.name in set(flagged_names)})
         self.model.set_overlay(OVERLAY_NAME, self.overlay)
         self.table.blockSignals(True)
         self.table.setRowCount(len(result.stats))

@@ -139,9 +139,19 @@ class MainWindow(QMainWindow):
         self.current_entry: SeriesEntry | None = None
 
         central = QWidget(self)
-        self.grid = QGridLayout(central)
+        outer = QVBoxLayout(central)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        self.banner = QLabel("")
+        self.banner.setStyleSheet("background:#c62828; color:white; font-weight:bold; padding:4px;")
+        self.banner.setVisible(False)
+        outer.addWidget(self.banner)
+        views = QWidget(central)
+        self.grid = QGridLayout(views)
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setSpacing(2)
+        outer.addWidget(views, 1)
+        self.views_area = views
         self.setCentralWidget(central)
 
         self.browser = SeriesBrowser()
@@ -151,10 +161,18 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.LeftDockWidgetArea, dock)
         from .ai_panel import AIPanel
 
+        from .review_panel import ReviewPanel
+
         self.ai_panel = AIPanel(self.model, self.view3d)
         ai_dock = QDockWidget("AI", self)
         ai_dock.setWidget(self.ai_panel)
         self.addDockWidget(Qt.RightDockWidgetArea, ai_dock)
+        self.review_panel = ReviewPanel(self.model)
+        self.ai_panel.review_panel = self.review_panel
+        rv_dock = QDockWidget("Review", self)
+        rv_dock.setWidget(self.review_panel)
+        self.addDockWidget(Qt.RightDockWidgetArea, rv_dock)
+        self.review_panel.pending_changed.connect(self._pending_changed)
 
         self.readout = QLabel("")
         self.progress = QProgressBar()
@@ -201,6 +219,10 @@ class MainWindow(QMainWindow):
             a = QAction(self, shortcut=QKeySequence(key), triggered=lambda _=False, n=name: self.layout_box.setCurrentText(n))
             self.addAction(a)
         self.toolbar = tb
+
+    def _pending_changed(self, n: int) -> None:
+        self.banner.setText(f"\u26a0 Needs review: {n} low-confidence finding(s) need a decision before sign-off")
+        self.banner.setVisible(n > 0)
 
     def keyPressEvent(self, ev):  # noqa: N802
         """Key events the views did not use (also covers a session without window activation,
@@ -362,7 +384,7 @@ class MainWindow(QMainWindow):
 
     def save_screenshot(self, path: str) -> np.ndarray:
         """Write the visible views, tiled as on screen, to a PNG; returns the RGB pixels."""
-        central = self.centralWidget()
+        central = self.views_area
         ratio = central.devicePixelRatioF()
         h, w = int(central.height() * ratio), int(central.width() * ratio)
         canvas = np.zeros((h, w, 3), dtype=np.uint8)

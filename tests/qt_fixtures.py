@@ -21,7 +21,7 @@ def open_window(qtbot, path):
 
     win = MainWindow()
     qtbot.addWidget(win)
-    win.resize(1200, 900)
+    win.resize(1800, 1100)
     win.show()
     qtbot.waitExposed(win)
     with qtbot.waitSignal(win.volume_loaded, timeout=60000):

@@ -78,5 +78,5 @@ def test_mr_study_is_refused_with_message(qtbot, mr_window):
     win = mr_window
     with qtbot.waitSignal(win.ai_panel.run_failed, timeout=60000) as blocker:
         win.ai_panel.run()
-    assert "accepts CT" in blocker.args[0]
+    assert "accept CT" in blocker.args[0] and "MR" in blocker.args[0]
     assert not win.model.overlays

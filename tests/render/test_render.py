@@ -145,10 +145,10 @@ def test_crosshair_agrees_between_views_after_click(window, qtbot):
         h = px.shape[0]
         r_img, c_img = view.scene.display_to_screen(col, h - 1 - row)
         found[plane] = m.screen_to_lps(plane, r_img, c_img)
-    def tol(*planes):  # 1.5 display pixels (in mm) of the coarser view, at least 1.5 voxels
+    def tol(*planes):  # 2 display pixels (in mm) of the coarser view (line rasterisation), at least 1.5 voxels
         mm_px = [2 * window.views[p].scene.renderer.GetActiveCamera().GetParallelScale()
                  / (window.views[p].height() * window.views[p].devicePixelRatioF()) for p in planes]
-        return 1.5 * max(mm_px)
+        return 2.0 * max(mm_px)
 
     spacing = m.volume.spacing
     assert abs(found["axial"][0] - found["coronal"][0]) <= max(tol("axial", "coronal"), 1.5 * spacing[0])  # L-R

@@ -244,13 +244,19 @@ def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str,
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (scipy.stats.spearmanr on the flattened arrays).
+    """Spearman rank correlation of two maps (scipy.stats.spearmanr) over the explained slices.
 
-    A constant map (e.g. all zero after weight randomisation) shares no ranking with the other:
-    returned as 0.0 rather than NaN.
+    Maps ``(z, y, x)`` are compared on the slices where either is non-zero: slices never
+    explained are zero in both and would inflate the correlation with ties. A constant map
+    (e.g. all zero after weight randomisation) shares no ranking: returned as 0.0, not NaN.
     """
     from scipy.stats import spearmanr
 
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.ndim == 3 and a.shape == b.shape:
+        keep = (a > 0).any(axis=(1, 2)) | (b > 0).any(axis=(1, 2))
+        if keep.any():
+            a, b = a[keep], b[keep]
     a, b = np.ravel(a), np.ravel(b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0

@@ -108,7 +108,13 @@ def findings_from_classification(result, package, overrides: dict[str, float] | 
                    confidence=float(result.study_confidence), threshold=_threshold(policy, overrides, "study"),
                    details={"probability": round(float(result.study_probability), 4),
                             "question": package.meta.get("question", "")})]
-    for c in result.candidates:
+    # the card's review policy bounds how many candidates become findings (the runtime keeps all)
+    min_p = float(package.meta["review_policy"].get("min_candidate_probability", 0.0))
+    max_n = int(package.meta["review_policy"].get("max_candidates", 10**6))
+    shown = [c for c in result.candidates if c.probability >= min_p][:max_n]
+    out[0].details["candidates_total"] = len(result.candidates)
+    out[0].details["candidates_listed"] = len(shown)
+    for c in shown:
         out.append(Finding(id=f"{package.id}:candidate-{c.rank}", model_id=package.id, kind="candidate",
                            name=f"candidate-{c.rank}", confidence=float(c.confidence),
                            threshold=_threshold(policy, overrides, "candidate"),

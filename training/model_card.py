@@ -18,9 +18,52 @@ def _fmt(v, nd=3):
     return "n/a" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def render_classification(m: dict) -> str:
+    met, d = m["metrics"], m.get("int8_deltas", {})
+    f32, i8 = met["fp32"], met["int8"]
+    cm = f32["confusion_matrix"]
+    lines = [f"# Model card: {m['id']} {m['version']}", "", m["intended_use"], "", "## Question", "", m["question"], "",
+             "## How it answers", "",
+             f"A 2.5-D U-Net screen ({m['architecture']['base']} base channels, depth {m['architecture']['depth']}, "
+             f"{m['input']['channels']} neighbouring axial slices at {m['input']['spacing_mm']} mm) gives a per-voxel "
+             "nodule probability over every slice; 3-D connected components above 0.5 inside the HU-rule lungs "
+             "become candidates with a centre (LPS mm) and an equivalent-sphere diameter. Candidate probability = "
+             "temperature-scaled maximum probability x a soft 6 mm size gate; study probability = the maximum over "
+             "candidates. 2-D convolutions because ONNX Runtime's CPU INT8 kernels speed them up and 3-D ones barely "
+             "(DEVELOPERS.md); the slice context plus 3-D candidate grouping is the two-stage pattern used for lung nodules.",
+             "", "## Data", ""]
+    lines += [f"- training: **{t['name']}** {t['source']}" for t in m["training_data"]]
+    lines += [f"- held out: **{t['name']}** {t['source']}" for t in m["heldout_data"]]
+    lines += ["", "## Held-out results (synthetic lesions in a held-out patient's real lungs)", "",
+              f"{f32['n']} crops, {f32['positives']} positive (nodule >= 6 mm). Threshold {met['threshold']} on the calibrated probability.", "",
+              "| | FP32 | INT8 |", "|---|---|---|",
+              f"| AUC | {f32['auc']} | {i8['auc']} |",
+              f"| sensitivity | {f32['sensitivity']} | {i8['sensitivity']} |",
+              f"| specificity | {f32['specificity']} | {i8['specificity']} |", "",
+              f"Confusion matrix (FP32): TP {cm['tp']}, FP {cm['fp']}, TN {cm['tn']}, FN {cm['fn']}.", "",
+              f"ECE (10 bins): {met['ece']['before_temperature']} before temperature scaling, {met['ece']['after_temperature']} "
+              f"after (T = {m['calibration']['temperature']:.3f}, fitted on {met['validation_for_temperature']['cases']} "
+              "validation crops of the training patients).", "", "| band | n | rate (FP32) |", "|---|---|---|"]
+    for band, v in f32["by_size_band"].items():
+        rate = next(x for k, x in v.items() if k != "n")
+        kind = next(k for k in v if k != "n")
+        lines.append(f"| {band} | {v['n']} | {kind.replace('_', ' ')} {rate} |")
+    lines += ["", "## FP32 vs INT8", "",
+              f"AUC difference {d.get('auc_fp32_minus_int8')}, mean |probability difference| {d.get('mean_abs_probability_difference')}, "
+              f"decision agreement {d.get('decision_agreement')}.", "", "## The real tumour (patient D)", ""]
+    r = m.get("real_tumour", {})
+    lines.append("```\n" + json.dumps(r, indent=1) + "\n```")
+    x = m.get("explanations", {})
+    lines += ["", "## Explanations (Grad-CAM)", "", "```\n" + json.dumps(x, indent=1) + "\n```", "", "## Limitations", ""]
+    lines += [f"- {v}" for v in m["limitations"]]
+    return "\n".join(lines) + "\n"
+
+
 def render(model_id: str, notes: str = "") -> str:
     pkg = load_package(model_id, check_hashes=True)
     m = pkg.meta
+    if m["task"] == "classification":
+        return render_classification(m)
     met = m["metrics"]
     d = m.get("int8_deltas", {})
     lines = [f"# Model card: {m['id']} {m['version']}", "", m["intended_use"], "",

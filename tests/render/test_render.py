@@ -200,3 +200,53 @@ def test_segmentation_overlay_colour_on_liver_not_outside_body(window, qtbot, ts
     air = np.argwhere(vol.array[k] < -900)
     miss = [np.abs(colour_at(j, i) - liver_rgb).max() > 30 for j, i in air[rng.choice(len(air), 200, replace=False)]]
     assert all(miss)
+
+
+def test_heatmap_over_inserted_nodule(qtbot, tmp_path):
+    """Run the nodule model in the GUI on held-out lungs with an inserted nodule, show Grad-CAM:
+    heat colours on the nodule, plain grey far from it."""
+    import SimpleITK as sitk
+
+    from tests.nodule_case import inserted_nodule_volume
+    from tests.qt_fixtures import open_window
+    from viewer._qt.views import grab_pixels
+
+    vol, mask, _ = inserted_nodule_volume(20.0, seed=11)
+    path = tmp_path / "chest_with_nodule.nii.gz"
+    sitk.WriteImage(vol.to_sitk(), str(path))
+    win = open_window(qtbot, path)
+    ai = win.ai_panel
+    ai.model_box.setCurrentIndex(ai.model_box.findData("ct-nodule-2p5d"))
+    with qtbot.waitSignal(ai.result_ready, timeout=180000) as blocker:
+        ai.run()
+    run = blocker.args[0]
+    res = run.classifications["ct-nodule-2p5d"]
+    assert res.candidates
+    panel = win.review_panel
+    panel.select("ct-nodule-2p5d:candidate-1")
+    with qtbot.waitSignal(panel.explanation_ready, timeout=120000) as ex_sig:
+        panel.explain.setChecked(True)
+    ex = ex_sig.args[0]
+    zz, yy, xx = np.nonzero(mask)
+    k, j, i = int(np.median(zz)), int(np.median(yy)), int(np.median(xx))
+    assert mask[k, j, i]
+    win.model.set_cursor(vol.index_to_lps([0, 0, k]))  # crosshair out of the way, slice through the nodule
+    qtbot.wait(50)
+    view = win.views["axial"]
+    px = grab_pixels(view)
+    win.save_screenshot(str(ARTIFACTS / "gui_gradcam_nodule.png"))
+    mapping = win.model.mappings["axial"]
+
+    def colour_at(jj, ii):
+        _, r, c = mapping.index_to_screen(np.array([ii, jj, k], float))
+        x, y = view.scene.screen_to_display(r, c)
+        return px[int(round(px.shape[0] - 1 - y)), int(round(x))].astype(int)
+
+    def is_grey(rgb):
+        return int(rgb.max()) - int(rgb.min()) <= 3
+
+    assert ex.heatmap[k, j, i] > 0.3  # the map is strong on the nodule...
+    assert not is_grey(colour_at(j, i))  # ...and drawn there
+    far = [(jj, ii) for jj, ii in ((5, 5), (5, 120), (120, 5), (120, 120)) if ex.heatmap[k, jj, ii] < 0.2]
+    assert far and all(is_grey(colour_at(jj, ii)) for jj, ii in far)
+    win.close()

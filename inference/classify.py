@@ -20,6 +20,7 @@ from typing import Generator
 import numpy as np
 import SimpleITK as sitk
 
+from studies.jobs import drain
 from studies.volume import Volume
 
 from .lungs import lung_mask
@@ -153,9 +154,4 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
 def classify(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None,
              crop: bool = False) -> ClassificationResult:
     """Blocking form of :func:`iter_classify`."""
-    gen = iter_classify(volume, package, precision, threads, crop)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_classify(volume, package, precision, threads, crop))

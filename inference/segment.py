@@ -28,6 +28,7 @@ from typing import Generator
 import numpy as np
 import SimpleITK as sitk
 
+from studies.jobs import drain
 from studies.volume import Volume
 
 from .package import ModelPackage, PackageError
@@ -348,9 +349,4 @@ def _keep_largest_component(lab: np.ndarray, idx: int, fill: int) -> None:
 
 def segment(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None) -> SegmentationResult:
     """Blocking form of :func:`iter_segment`."""
-    gen = iter_segment(volume, package, precision, threads)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_segment(volume, package, precision, threads))

@@ -4,6 +4,7 @@ GUI-free: nothing here imports Qt, VTK or torch.
 """
 
 from .discovery import FrameRef, ScanResult, SeriesEntry, Skipped, iter_scan, scan
+from .jobs import drain
 from .imagefile import is_image_file, load_image_file, save_label_file
 from .loader import LoadError, LoadProgress, iter_load, load_series
 from .volume import StudyInfo, Volume
@@ -12,7 +13,7 @@ __all__ = [
     "FrameRef", "ScanResult", "SeriesEntry", "Skipped", "iter_scan", "scan",
     "is_image_file", "load_image_file", "save_label_file",
     "LoadError", "LoadProgress", "iter_load", "load_series",
-    "StudyInfo", "Volume", "open_volume",
+    "StudyInfo", "Volume", "open_volume", "drain",
 ]
 
 

@@ -18,6 +18,7 @@ from typing import Generator
 
 import numpy as np
 
+from .jobs import drain
 from .discovery import FrameRef, SeriesEntry, Skipped, _NATIVE_LE
 from .parallel import decode_pool
 from .volume import Volume
@@ -260,12 +261,7 @@ def _decode_many(frames: list[FrameRef]) -> list[tuple[np.ndarray | None, str | 
 
 def load_series(entry: SeriesEntry, workers: int | None = None) -> Volume:
     """Blocking form of :func:`iter_load`."""
-    gen = iter_load(entry, workers)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_load(entry, workers))
 
 
 def _resample_along_normal(vol: np.ndarray, pos: np.ndarray, target: np.ndarray) -> np.ndarray:

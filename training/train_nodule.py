@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from explain.nets import UNet2p5D
+from training.common import export_onnx
 from inference.segment import normalize, to_model_grid
 from studies import load_image_file
 from training.nodules import insert_nodule, insert_vessel, lung_mask, random_nodule_params
@@ -127,9 +128,7 @@ def main(argv=None):
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     torch.save(model.state_dict(), out / "state_dict.pt")
-    torch.onnx.export(model, torch.zeros(1, 2 * CTX + 1, 128, 128), out / "fp32.onnx", input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
-                      opset_version=17, dynamo=False)
+    export_onnx(model, out / "fp32.onnx", 2 * CTX + 1)
     (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "patch": args.patch, "batch": args.batch,
                                                      "seed": args.seed, "log": log}, indent=1))
     print("wrote", out)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from explain.nets import UNet2p5D
+from training.common import export_onnx
 from training.seg_data import CLASSES, IGNORE, to_grid, volumes
 
 SPACING = (2.0, 2.0, 3.0)
@@ -119,10 +120,7 @@ def main(argv=None):
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     torch.save(model.state_dict(), out / "state_dict.pt")
-    dummy = torch.zeros(1, 2 * CTX + 1, 128, 128)
-    torch.onnx.export(model, dummy, out / "fp32.onnx", input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
-                      opset_version=17, dynamo=False)
+    export_onnx(model, out / "fp32.onnx", 2 * CTX + 1)
     (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "patch": args.patch, "batch": args.batch,
                                                      "seed": args.seed, "log": log}, indent=1))
     print("wrote", out)

@@ -10,6 +10,7 @@ from inference.package import ModelPackage, PackageError, load_package
 from inference.segment import SegmentationResult
 from review.findings import Finding, ReviewSession, findings_from_classification, findings_from_segmentation, study_key
 from review.store import ReviewStore
+from studies.jobs import drain
 from studies.volume import Volume
 
 __all__ = ["AIRun", "default_models", "run_models", "iter_run_models", "open_session"]
@@ -84,12 +85,7 @@ def run_models(volume: Volume, model_ids: list[str], store: ReviewStore | None =
     Thresholds come from the model card's review policy, overridden by logged changes in ``store``.
     """
     thresholds = {mid: store.thresholds(mid) for mid in model_ids} if store else None
-    gen = iter_run_models(volume, model_ids, thresholds, precision, threads)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_run_models(volume, model_ids, thresholds, precision, threads))
 
 
 def open_session(store: ReviewStore, volume: Volume, findings: list[Finding]) -> ReviewSession:

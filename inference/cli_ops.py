@@ -90,6 +90,7 @@ def models_quantize(model_id: str, calibration: list[str], threads: int = 2) -> 
     quantize_static_int8(pkg.file("fp32"), int8, patches, method="percentile", keep_fp32=edge_convs(pkg.file("fp32")))
     meta = dict(pkg.meta)
     meta["files"]["int8"]["sha256"] = sha256_file(int8)
+    (pkg.root / "model.json").write_text(json.dumps(meta, indent=1))  # the new file is the package's now
     pkg = ModelPackage(pkg.root, meta)
     agreement = {}
     for path, v in zip(calibration, vols):

@@ -80,3 +80,20 @@ def test_mr_study_is_refused_with_message(qtbot, mr_window):
         win.ai_panel.run()
     assert "accept CT" in blocker.args[0] and "MR" in blocker.args[0]
     assert not win.model.overlays
+
+
+def test_label_colour_change_reaches_the_views(window, qtbot):
+    from viewer._qt.views import grab_pixels
+
+    panel = window.ai_panel
+    panel.opacity.setValue(100)
+    with qtbot.waitSignal(panel.result_ready, timeout=120000):
+        panel.run()
+    liver = next(s for s in panel.result.stats if s.name == "liver")
+    window.model.set_cursor(liver.centroid_lps)
+    panel.set_label_color(liver.index, (0, 0, 255))
+    qtbot.wait(50)
+    px = grab_pixels(window.views["axial"]).reshape(-1, 3)
+    assert ((px[:, 0] == 0) & (px[:, 1] == 0) & (px[:, 2] == 255)).sum() > 500  # liver now drawn pure blue
+    row = [panel.table.item(r, 1).text() for r in range(panel.table.rowCount())].index("liver")
+    assert panel.table.item(row, 1).background().color().getRgb()[:3] == (0, 0, 255)

@@ -250,3 +250,19 @@ def test_heatmap_over_inserted_nodule(qtbot, tmp_path):
     far = [(jj, ii) for jj, ii in ((5, 5), (5, 120), (120, 5), (120, 120)) if ex.heatmap[k, jj, ii] < 0.2]
     assert far and all(is_grey(colour_at(jj, ii)) for jj, ii in far)
     win.close()
+
+
+def test_vtk_image_keeps_lps_geometry(data_dir):
+    """volume_to_vtk: VTK's index -> physical mapping equals the Volume's (origin, spacing, direction)."""
+    from viewer.render import volume_to_vtk
+
+    vol = open_volume(data_dir / "ct-abdomen-nifti/ct.nii.gz")  # direction diag(-1, -1, 1)
+    img = volume_to_vtk(vol)
+    for ijk in ([0, 0, 0], [10, 20, 30], [121, 100, 111]):
+        out = [0.0, 0.0, 0.0]
+        img.TransformContinuousIndexToPhysicalPoint(ijk, out)
+        np.testing.assert_allclose(out, vol.index_to_lps(ijk), atol=1e-4)
+    from vtk.util import numpy_support
+
+    arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(vol.array.shape)
+    assert np.array_equal(arr, vol.array)

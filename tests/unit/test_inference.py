@@ -195,3 +195,18 @@ def test_list_packages_skips_broken(tmp_path, monkeypatch):
     (base / "broken" / "model.json").write_text("{not json")
     monkeypatch.setattr(pk, "models_dir", lambda: base)
     assert [p.id for p in list_packages()] == [MODEL]
+
+
+def test_models_quantize_records_measured_deltas(tmp_path, data_dir):
+    from inference.cli_ops import models_quantize
+
+    d = copy_package(tmp_path)
+    old = json.loads((d / "model.json").read_text())["files"]["int8"]["sha256"]
+    rec = models_quantize(str(d), [str(data_dir / "ct-chest-crops/chest_crop_1.nii.gz")], threads=2)
+    meta = json.loads((d / "model.json").read_text())
+    assert meta["int8_deltas"]["requantized"] == rec
+    assert rec["patches"] == 32 and rec["latency"]["int8_speedup"] > 0
+    (agree,) = rec["dice_fp32_vs_int8_on_calibration"].values()
+    assert agree["lungs"] >= 0.95
+    assert load_package(d, check_hashes=True).verify() == []  # new INT8 file, hash recorded
+    assert len(old) == 64

@@ -92,6 +92,7 @@ class AIPanel(QWidget):
         self.outline.toggled.connect(self._style_changed)
         self.surfaces.toggled.connect(self._surfaces_toggled)
         self.table.cellClicked.connect(self._row_clicked)
+        self.table.cellDoubleClicked.connect(self._pick_color)
         self.table.itemChanged.connect(self._item_changed)
         model.volume_changed.connect(self._volume_changed)
 
@@ -245,6 +246,31 @@ class AIPanel(QWidget):
         self.overlay.set_visible(int(item.data(Qt.UserRole)), item.checkState() == Qt.Checked)
         self.model.overlays_changed.emit()
         self._update_surfaces()
+
+    def set_label_color(self, index: int, rgb) -> None:
+        """Change a label's colour in every view (table swatch, MPR overlay, 3D surface)."""
+        if self.overlay is None:
+            return
+        self.overlay.set_color(index, rgb)
+        for r in range(self.table.rowCount()):
+            if int(self.table.item(r, 0).data(Qt.UserRole)) == index:
+                self.table.item(r, 1).setBackground(QColor(*self.overlay.colors[index]))
+        if self.result is not None:
+            for s in self.result.stats:
+                if s.index == index:
+                    s.color = tuple(self.overlay.colors[index])
+        self.model.overlays_changed.emit()
+        self._update_surfaces()
+
+    def _pick_color(self, row: int, col: int) -> None:
+        if col != 1 or self.overlay is None:
+            return
+        from PySide6.QtWidgets import QColorDialog
+
+        index = int(self.table.item(row, 0).data(Qt.UserRole))
+        c = QColorDialog.getColor(QColor(*self.overlay.colors[index]), self, "Label colour")
+        if c.isValid():
+            self.set_label_color(index, (c.red(), c.green(), c.blue()))
 
     def _row_clicked(self, row: int, _col: int) -> None:
         """Jump the crosshair to the structure's centroid (LPS)."""

@@ -72,6 +72,10 @@ class ReviewPanel(QWidget):
         self.cutoff.setRange(0.0, 0.95)
         self.cutoff.setSingleStep(0.05)
         self.cutoff.setValue(0.2)
+        self.heat_opacity = QDoubleSpinBox()
+        self.heat_opacity.setRange(0.0, 1.0)
+        self.heat_opacity.setSingleStep(0.1)
+        self.heat_opacity.setValue(0.5)
         self.message = QLabel(self.store_error)
         self.message.setWordWrap(True)
         row1 = QHBoxLayout()
@@ -84,6 +88,8 @@ class ReviewPanel(QWidget):
         row3.addWidget(self.explain)
         row3.addWidget(QLabel("cut-off"))
         row3.addWidget(self.cutoff)
+        row3.addWidget(QLabel("opacity"))
+        row3.addWidget(self.heat_opacity)
         lay = QVBoxLayout(self)
         lay.addLayout(row1)
         lay.addWidget(self.table, 1)
@@ -100,6 +106,7 @@ class ReviewPanel(QWidget):
         self.threshold_b.clicked.connect(self._ask_threshold)
         self.explain.toggled.connect(self._explain_toggled)
         self.cutoff.valueChanged.connect(self._cutoff_changed)
+        self.heat_opacity.valueChanged.connect(self._cutoff_changed)
         self.table.cellClicked.connect(self._row_clicked)
         self._worker = None
         model.volume_changed.connect(self._volume_changed)
@@ -250,13 +257,14 @@ class ReviewPanel(QWidget):
         self._worker = None
         if self.model.volume is None or ex.heatmap.shape != self.model.volume.array.shape or not self.explain.isChecked():
             return
-        self.model.set_overlay(HEATMAP, HeatmapOverlay(ex.heatmap, opacity=0.5, cutoff=self.cutoff.value()))
+        self.model.set_overlay(HEATMAP, HeatmapOverlay(ex.heatmap, opacity=self.heat_opacity.value(), cutoff=self.cutoff.value()))
         self.message.setText(f"Grad-CAM {ex.target}: peak at LPS ({', '.join(f'{v:.1f}' for v in ex.peak_lps)}) "
                              f"in {ex.seconds:.1f} s")
         self.explanation_ready.emit(ex)
 
-    def _cutoff_changed(self, v: float) -> None:
+    def _cutoff_changed(self, _v: float = 0.0) -> None:
         ov = self.model.overlays.get(HEATMAP)
         if ov is not None:
-            ov.cutoff = v
+            ov.cutoff = self.cutoff.value()
+            ov.opacity = self.heat_opacity.value()
             self.model.overlays_changed.emit()

@@ -48,13 +48,17 @@ def render_classification(m: dict) -> str:
         rate = next(x for k, x in v.items() if k != "n")
         kind = next(k for k in v if k != "n")
         lines.append(f"| {band} | {v['n']} | {kind.replace('_', ' ')} {rate} |")
-    lines += ["", "What these numbers mean: the screen finds synthetic nodules of 10 mm and more in lungs it never saw "
-              "(sensitivity 1.0 in those bands) and points at them (pointing game below), but it also fires on the "
-              "held-out patient's own anatomy: most crops without an insertion and most vessel-like distractors get a "
-              "candidate above the threshold. The held-out series has 8 mm slices while training lungs had 1.5 and "
-              "3 mm; temperature scaling fitted on the training patients could not correct a shift it never saw, so "
-              "calibration on the held-out patient did not improve. In radreview this model is a demonstration of the "
-              "review gate, which flags exactly such uncertain output for a human decision.",
+    bands = f32["by_size_band"]
+    big = [v.get("sensitivity") for k, v in bands.items() if k in ("10-20 mm", "20-50 mm")]
+    fpr = [v["false_positive_rate"] for k, v in bands.items() if k in ("vessel", "none")]
+    e = met["ece"]
+    lines += ["", f"What these numbers mean: on lungs it never saw, the screen finds synthetic nodules of 10 mm and more "
+              f"(sensitivity {min(big):.2f}-{max(big):.2f} in those bands), but it also fires on the held-out patient's own "
+              f"anatomy: {min(fpr):.0%}-{max(fpr):.0%} of crops without a nodule get a candidate above the threshold. The "
+              "held-out series has 8 mm slices while the training lungs had 1.5 and 3 mm. Temperature scaling fitted on the "
+              f"training patients moved held-out ECE from {e['before_temperature']} to {e['after_temperature']}. In radreview "
+              "this model demonstrates the review gate, which flags exactly such uncertain output for a human decision; "
+              "it is not a detector to rely on.",
               "", "## FP32 vs INT8", "",
               f"AUC difference {d.get('auc_fp32_minus_int8')}, mean |probability difference| {d.get('mean_abs_probability_difference')}, "
               f"decision agreement {d.get('decision_agreement')}.", "", "## The real tumour (patient D)", ""]
@@ -63,6 +67,8 @@ def render_classification(m: dict) -> str:
     x = m.get("explanations", {})
     lines += ["", "## Explanations (Grad-CAM)", "", "```\n" + json.dumps(x, indent=1) + "\n```", "", "## Limitations", ""]
     lines += [f"- {v}" for v in m["limitations"]]
+    if m.get("card_notes"):
+        lines += ["", "## Notes", "", m["card_notes"]]
     return "\n".join(lines) + "\n"
 
 

@@ -126,7 +126,7 @@ def test_sort_ignores_instance_number_and_file_name(uncompressed_ct, tmp_path):
         edited.append(ds)
     write_series(shuffled, edited, names=[f"f{order[i]:03d}" for i in range(len(edited))])
     vol = open_volume(shuffled)
-    ref = sitk.GetArrayFromImage(sitk_series(CT := Path(str(folder))))
+    ref = sitk.GetArrayFromImage(sitk_series(Path(str(folder))))
     assert np.array_equal(vol.array, ref)
     z = [vol.index_to_lps([0, 0, k])[2] for k in range(vol.size[2])]
     assert np.all(np.diff(z) > 0)
@@ -287,7 +287,6 @@ def test_missing_slice_is_resampled_and_reported(uncompressed_ct):
     assert any("non-uniform slice spacing" in w for w in entry.warnings)
     vol = load_series(entry)
     assert vol.size[2] == 20 and vol.spacing[2] == pytest.approx(2.0)
-    full = open_volume(folder.parent / "ct") if False else None  # noqa: F841
     assert np.isfinite(vol.array).all()
 
 

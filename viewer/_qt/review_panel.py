@@ -181,8 +181,7 @@ class ReviewPanel(QWidget):
         except ValueError as exc:
             self.message.setText(str(exc))
             return
-        if decision == "edit" and f.kind == "segmentation":
-            self.model.overlays_changed.emit()  # the mask is open for editing (outline view)
+        if decision == "edit" and f.kind == "segmentation":  # the mask is opened for editing (outline view)
             ov = self.model.overlays.get("ai-segmentation")
             if ov is not None:
                 ov.mode = "outline"

@@ -24,8 +24,8 @@ from studies.jobs import drain
 from studies.volume import Volume
 
 from .lungs import lung_mask
-from .package import ModelPackage, PackageError
-from .segment import SegProgress, check_session, make_session, normalize, sliding_window, to_model_grid
+from .package import ModelPackage
+from .segment import SegProgress, normalize, open_runtime, sliding_window, to_model_grid
 
 __all__ = ["Candidate", "ClassificationResult", "iter_classify", "classify", "size_gate", "SIZE_THRESHOLD_MM"]
 
@@ -114,15 +114,8 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
         Wrong task, modality refused, hash failure or a model/card mismatch.
     """
     t0 = time.perf_counter()
-    if package.task != "classification":
-        raise PackageError(f"model {package.id} is a {package.task} model, not classification")
-    warnings = []
-    w = package.check_modality(volume.info.modality)
-    if w:
-        warnings.append(w)
+    session, warnings = open_runtime(volume, package, "classification", precision, threads)
     spec = package.meta["input"]
-    session = make_session(package.file(precision), threads)
-    check_session(session, package, len(package.labels))
     T = float(package.meta["calibration"]["temperature"])
     stage = {}
     t = time.perf_counter()

@@ -33,7 +33,7 @@ from studies.volume import Volume
 
 from .package import ModelPackage, PackageError
 
-__all__ = ["SegProgress", "LabelStats", "SegmentationResult", "iter_segment", "segment", "gaussian_importance",
+__all__ = ["open_runtime", "SegProgress", "LabelStats", "SegmentationResult", "iter_segment", "segment", "gaussian_importance",
            "make_session", "to_model_grid", "normalize"]
 
 
@@ -106,6 +106,29 @@ def check_session(session, package: ModelPackage, n_out: int) -> None:
     out_shape = session.get_outputs()[0].shape
     if isinstance(out_shape[1], int) and out_shape[1] != n_out:
         raise PackageError(f"{package.id}: ONNX output has {out_shape[1]} channels, card lists {n_out} labels")
+
+
+def open_runtime(volume: Volume, package: ModelPackage, task: str, precision: str, threads: int | None):
+    """Checks shared by every runtime, then an ONNX session: ``(session, warnings)``.
+
+    Raises
+    ------
+    PackageError
+        Wrong task, modality refused by the card, file hash failure or a model/card mismatch.
+    ValueError
+        Unknown precision.
+    """
+    if package.task != task:
+        raise PackageError(f"model {package.id} is a {package.task} model, not {task}")
+    if precision not in ("int8", "fp32"):
+        raise ValueError(f"precision must be int8 or fp32, not {precision!r}")
+    warnings = []
+    w = package.check_modality(volume.info.modality)
+    if w:
+        warnings.append(w)
+    session = make_session(package.file(precision), threads)
+    check_session(session, package, len(package.labels))
+    return session, warnings
 
 
 def make_session(path, threads: int | None = None):
@@ -230,19 +253,10 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
         Unknown precision.
     """
     t_start = time.perf_counter()
-    if package.task != "segmentation":
-        raise PackageError(f"model {package.id} is a {package.task} model, not segmentation")
-    if precision not in ("int8", "fp32"):
-        raise ValueError(f"precision must be int8 or fp32, not {precision!r}")
-    warnings = []
-    w = package.check_modality(volume.info.modality)
-    if w:
-        warnings.append(w)
+    session, warnings = open_runtime(volume, package, "segmentation", precision, threads)
     spec = package.meta["input"]
     labels_meta = package.labels
     n_cls = len(labels_meta)
-    session = make_session(package.file(precision), threads)
-    check_session(session, package, n_cls)
     temperature = float(package.meta["calibration"]["temperature"])
     stage = {}
 

@@ -44,9 +44,12 @@ def default_models(volume: Volume) -> list[str]:
     return ["ct-organs-2p5d"] + (["ct-nodule-2p5d"] if lungs_ml >= 300 else [])
 
 
-def iter_run_models(volume: Volume, model_ids: list[str], thresholds: dict[str, dict[str, float]] | None = None,
+def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dict[str, dict[str, float]] | None = None,
                     precision: str = "int8", threads: int | None = None):
     """Generator form of :func:`run_models`: yields ``(model_id, SegProgress)``, returns an :class:`AIRun`.
+
+    ``model_ids=None`` runs :func:`default_models` (its lung measurement happens here, on the
+    caller's worker thread, not on the GUI thread).
 
     A package refused for this study (modality, hash, shape...) is recorded in ``AIRun.refused``,
     not raised. ``thresholds`` maps model id to logged threshold overrides.
@@ -55,6 +58,8 @@ def iter_run_models(volume: Volume, model_ids: list[str], thresholds: dict[str, 
     from inference.segment import iter_segment
 
     run = AIRun()
+    if model_ids is None:
+        model_ids = default_models(volume)
     for mid in model_ids:
         try:
             pkg = load_package(mid, check_hashes=True)

@@ -43,7 +43,9 @@ class AIPanel(QWidget):
 
         self.model_box = QComboBox()
         self.model_box.addItem("All models that fit the study", "auto")
+        self.package_ids = []
         for pkg in list_packages():
+            self.package_ids.append(pkg.id)
             self.model_box.addItem(f"{pkg.id} {pkg.meta['version']} ({pkg.task})", pkg.id)
         self.run_result = None  # the whole AIRun
         self.review_panel = None  # set by the main window
@@ -97,29 +99,22 @@ class AIPanel(QWidget):
         model.volume_changed.connect(self._volume_changed)
 
     # ------------------------------------------------------------------ running
-    def model_ids(self) -> list[str]:
-        from viewer.workflow import default_models
-
+    def model_ids(self) -> list[str] | None:
+        """The chosen model, or ``None`` for "all that fit" (decided on the worker)."""
         choice = self.model_box.currentData()
-        if choice == "auto":
-            return default_models(self.model.volume)
-        return [choice]
+        return None if choice == "auto" else [choice]
 
     def run(self) -> None:
         if self.model.volume is None or self.worker is not None:
             return
         ids = self.model_ids()
-        if not ids:
-            self.run_failed.emit(f"no shipped model accepts this study ({self.model.volume.info.modality or 'unknown'} "
-                                 "modality); models accept CT")
-            return
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         self.eta.setText("Preparing…")
         store = self.review_panel.store if self.review_panel is not None else None
-        thresholds = {mid: store.thresholds(mid) for mid in ids} if store else None
+        thresholds = {pid: store.thresholds(pid) for pid in self.package_ids} if store else None
         w = run_models_worker(self.model.volume, ids, thresholds, self.precision_box.currentText())
         w.yielded.connect(self._progress)
         w.returned.connect(self._done)
@@ -164,7 +159,8 @@ class AIPanel(QWidget):
             self.eta.setText("Result discarded: the study changed during the run")
             return
         if not run.findings:
-            msg = "; ".join(run.refused.values()) or "no model produced a finding"
+            msg = "; ".join(run.refused.values()) or (
+                f"no shipped model accepts this study ({vol.info.modality or 'unknown'} modality); models accept CT")
             self.eta.setText(f"Failed: {msg}")
             self.run_failed.emit(msg)
             return

@@ -16,8 +16,6 @@ Writes ``state_dict.pt`` and ``fp32.onnx`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from explain.nets import UNet2p5D
-from training.common import export_onnx
+from training.common import fit_and_save
 from inference.segment import normalize, to_model_grid
 from studies import load_image_file
 from training.nodules import insert_nodule, insert_vessel, lung_mask, random_nodule_params
@@ -120,31 +118,15 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     bgs = {n: background(n) for n in ("C", "B")}
     model = UNet2p5D(in_ch=2 * CTX + 1, n_cls=2, base=16, depth=3)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.iters, pct_start=0.1)
     weight = torch.tensor([1.0, 4.0])
-    t0, log = time.time(), []
-    for it in range(1, args.iters + 1):
-        model.train()
-        x, y = sample(bgs, rng, args.patch, args.batch)
-        logits = model(x)
+
+    def loss_fn(logits, y):
         p = logits.softmax(1)[:, 1]
         yt = (y == 1).float()
         dice = 1 - (2 * (p * yt).sum() + 1) / (p.sum() + yt.sum() + 1)
-        loss = F.cross_entropy(logits, y, weight=weight) + dice
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 50 == 0:
-            log.append({"iter": it, "loss": round(float(loss.detach()), 4), "seconds": round(time.time() - t0, 1)})
-            print(json.dumps(log[-1]), flush=True)
-    model.eval()
-    torch.save(model.state_dict(), out / "state_dict.pt")
-    export_onnx(model, out / "fp32.onnx", 2 * CTX + 1)
-    (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "patch": args.patch, "batch": args.batch,
-                                                     "seed": args.seed, "log": log}, indent=1))
-    print("wrote", out)
+        return F.cross_entropy(logits, y, weight=weight) + dice
+
+    fit_and_save(model, lambda: sample(bgs, rng, args.patch, args.batch), loss_fn, args, out, 2 * CTX + 1)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ evaluates on the held-out volume and writes ``model.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from explain.nets import UNet2p5D
-from training.common import export_onnx
+from training.common import fit_and_save
 from training.seg_data import CLASSES, IGNORE, to_grid, volumes
 
 SPACING = (2.0, 2.0, 3.0)
@@ -102,28 +100,9 @@ def main(argv=None):
     data = prepare()
     n_cls = len(CLASSES)
     model = UNet2p5D(in_ch=2 * CTX + 1, n_cls=n_cls, base=16, depth=3)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.iters, pct_start=0.1)
-    t0 = time.time()
-    log = []
-    for it in range(1, args.iters + 1):
-        model.train()
-        x, y = sample(data, rng, args.patch, args.batch)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE) + soft_dice_loss(logits, y, n_cls)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 50 == 0:
-            log.append({"iter": it, "loss": float(loss.detach()), "seconds": round(time.time() - t0, 1)})
-            print(json.dumps(log[-1]), flush=True)
-    model.eval()
-    torch.save(model.state_dict(), out / "state_dict.pt")
-    export_onnx(model, out / "fp32.onnx", 2 * CTX + 1)
-    (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "patch": args.patch, "batch": args.batch,
-                                                     "seed": args.seed, "log": log}, indent=1))
-    print("wrote", out)
+    fit_and_save(model, lambda: sample(data, rng, args.patch, args.batch),
+                 lambda logits, y: F.cross_entropy(logits, y, ignore_index=IGNORE) + soft_dice_loss(logits, y, n_cls),
+                 args, out, 2 * CTX + 1)
 
 
 if __name__ == "__main__":

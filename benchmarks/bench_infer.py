@@ -59,9 +59,9 @@ def median_time(fn, repeats):
 def kernels(threads, repeats):
     import torch
 
-    from explain.nets import build_from_card
-    from inference.package import load_package
-    from inference.segment import make_session
+    from radreview.explain.nets import build_from_card
+    from radreview.inference.package import load_package
+    from radreview.inference.segment import make_session
 
     pkg = load_package(MODEL, check_hashes=True)
     x = np.random.default_rng(0).normal(size=(8, 3, 128, 128)).astype(np.float32)
@@ -85,7 +85,7 @@ def kernels(threads, repeats):
 
 def end_to_end(path, precision, threads, repeats, tmp):
     def run():
-        subprocess.run([sys.executable, "-m", "viewer.cli", "infer", str(path), "--model", MODEL, "--out", str(tmp),
+        subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "infer", str(path), "--model", MODEL, "--out", str(tmp),
                         "--precision", precision, "--threads", str(threads)], check=True, capture_output=True)
 
     ts = []
@@ -100,8 +100,8 @@ def gui_stall(path, threads):
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from studies import open_volume
-    from viewer._qt.workers import run_models_worker
+    from radreview.studies import open_volume
+    from radreview.viewer._qt.workers import run_models_worker
 
     app = QApplication.instance() or QApplication([])
     vol = open_volume(path)
@@ -130,7 +130,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--e2e-repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    from viewer.xvfb import ensure_display
+    from radreview.viewer.xvfb import ensure_display
 
     ensure_display()
     tt, t32, t8 = kernels(args.threads, 10)

@@ -19,7 +19,7 @@ from benchmarks.data import SAMPLE, big_series
 
 
 def load_ours(folder):
-    from studies import load_series, scan
+    from radreview.studies import load_series, scan
 
     result = scan(folder)
     return load_series(max(result.volumes, key=lambda e: len(e.frames))).array

@@ -37,7 +37,7 @@ def p95(xs):
 def time_to_first_image(folder, repeats):
     from PySide6.QtWidgets import QApplication
 
-    from viewer._qt.main_window import MainWindow
+    from radreview.viewer._qt.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([])
     firsts, fulls = [], []
@@ -89,7 +89,7 @@ def slice_change_vtk_peer(volume, steps, window):
     """The stock VTK slice pipeline at 512x512, same slices and window."""
     import vtk
 
-    from viewer.render import volume_to_vtk
+    from radreview.viewer.render import volume_to_vtk
 
     img = volume_to_vtk(volume)
     reslice = vtk.vtkImageReslice()
@@ -134,11 +134,11 @@ RSS_SNIPPET = """
 import sys, time
 sys.path.insert(0, {root!r})
 from benchmarks.bench_view import hwm_mb
-from viewer.xvfb import ensure_display
+from radreview.viewer.xvfb import ensure_display
 ensure_display()
 import vtk
 from PySide6.QtWidgets import QApplication
-from viewer._qt.main_window import MainWindow
+from radreview.viewer._qt.main_window import MainWindow
 app = QApplication([])
 win = MainWindow(); win.resize(1200, 900); win.show(); app.processEvents()
 base = hwm_mb()
@@ -172,7 +172,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=200)
     args = p.parse_args(argv)
-    from viewer.xvfb import ensure_display
+    from radreview.viewer.xvfb import ensure_display
 
     ensure_display()
     from benchmarks.bench_load import load_sitk, timed

@@ -24,7 +24,7 @@ def big_series(n_slices: int = 300) -> Path:
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from studies import open_volume
+    from radreview.studies import open_volume
 
     folder = OUT / f"ct512x512x{n_slices}"
     if folder.is_dir() and len(list(folder.iterdir())) == n_slices:

@@ -26,9 +26,9 @@ import SimpleITK as sitk
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from inference.package import ModelPackage
-from inference.segment import make_session, normalize
-from studies.volume import Volume
+from radreview.inference.package import ModelPackage
+from radreview.inference.segment import make_session, normalize
+from radreview.studies.volume import Volume
 
 from .nets import build_from_card
 
@@ -186,7 +186,7 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     if cand is not None:
         region = result.components == cand.label
     else:  # no candidate: where in the lungs did it look for nodules?
-        from inference.lungs import lung_mask
+        from radreview.inference.lungs import lung_mask
 
         region = lung_mask(hu, result.grid.GetSpacing())
         top = np.argsort([-(result.prob_map[k][region[k]].max() if region[k].any() else 0) for k in range(x.shape[0])])[:6]
@@ -213,7 +213,7 @@ def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str,
     ExplanationRefused
         Unknown/absent label or twin disagreement.
     """
-    from inference.segment import to_model_grid
+    from radreview.inference.segment import to_model_grid
 
     t0 = time.perf_counter()
     by_name = {lab["name"]: lab["index"] for lab in package.labels}

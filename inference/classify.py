@@ -20,8 +20,8 @@ from typing import Generator
 import numpy as np
 import SimpleITK as sitk
 
-from studies.jobs import drain
-from studies.volume import Volume
+from radreview.studies.jobs import drain
+from radreview.studies.volume import Volume
 
 from .lungs import lung_mask
 from .package import ModelPackage

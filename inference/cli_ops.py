@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from studies import open_volume, save_label_file
-from studies.volume import Volume
+from radreview.studies import open_volume, save_label_file
+from radreview.studies.volume import Volume
 
 from .package import ModelPackage, PackageError, list_packages, load_package, sha256_file
 from .quantize import calibration_patches, edge_convs, quantize_static_int8

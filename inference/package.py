@@ -129,8 +129,10 @@ class PackageError(ValueError):
 
 
 def models_dir() -> Path:
-    """``resources/models`` of this checkout."""
-    return Path(__file__).resolve().parents[1] / "resources" / "models"
+    """The shipped model packages: ``radreview.resources/models`` (wheel or source checkout alike)."""
+    from importlib.resources import files
+
+    return Path(str(files("radreview.resources"))) / "models"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import SimpleITK as sitk
 
-from studies.volume import Volume
+from radreview.studies.volume import Volume
 
 from .segment import normalize, to_model_grid
 

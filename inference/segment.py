@@ -28,8 +28,8 @@ from typing import Generator
 import numpy as np
 import SimpleITK as sitk
 
-from studies.jobs import drain
-from studies.volume import Volume
+from radreview.studies.jobs import drain
+from radreview.studies.volume import Volume
 
 from .package import ModelPackage, PackageError
 

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PKGS="xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 \
 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 \
 libxcb-xinerama0 libxcb-xkb1 libxcb-xfixes0 libxrender1 libxi6 libxext6 libsm6 libice6 libxt6 \
-libdbus-1-3 libfontconfig1"
+libdbus-1-3 libfontconfig1 \
+orthanc orthanc-dicomweb postgresql dicom3tools"
 if command -v dpkg >/dev/null 2>&1; then
   missing=""
   for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
@@ -25,6 +26,6 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,explain]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import studies, viewer, vtk, PySide6, SimpleITK, pydicom, onnxruntime, torch, captum" \
+.venv/bin/python -c "import radreview.studies, radreview.viewer, vtk, PySide6, SimpleITK, pydicom, onnxruntime, torch, captum" \
   || { echo "setup: the environment is incomplete (see pip output above)" >&2; exit 1; }
 echo "setup: ready (.venv)"

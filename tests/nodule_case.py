@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from studies import Volume
-from studies.volume import StudyInfo
+from radreview.studies import Volume
+from radreview.studies.volume import StudyInfo
 
 
 def inserted_nodule_volume(diameter_mm: float = 18.0, seed: int = 5):

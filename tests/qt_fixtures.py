@@ -17,7 +17,7 @@ def require_display() -> None:
 
 def open_window(qtbot, path):
     """A shown MainWindow with ``path`` loaded (waits for ``volume_loaded``)."""
-    from viewer._qt.main_window import MainWindow
+    from radreview.viewer._qt.main_window import MainWindow
 
     win = MainWindow()
     qtbot.addWidget(win)

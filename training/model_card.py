@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from inference.package import load_package
+from radreview.inference.package import load_package
 
 ROOT = Path(__file__).resolve().parents[1]
 

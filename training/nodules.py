@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.lungs import lung_mask  # noqa: F401  (the runtime's rule, re-exported)
+from radreview.inference.lungs import lung_mask  # noqa: F401  (the runtime's rule, re-exported)
 
 __all__ = ["Insertion", "lung_mask", "insert_nodule", "insert_vessel", "random_nodule_params"]
 

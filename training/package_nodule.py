@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from inference.classify import classify, size_gate
-from inference.package import ModelPackage, load_package, sha256_file
-from inference.quantize import edge_convs, quantize_static_int8
-from inference.segment import normalize, to_model_grid
-from studies import Volume, open_volume, scan
+from radreview.inference.classify import classify, size_gate
+from radreview.inference.package import ModelPackage, load_package, sha256_file
+from radreview.inference.quantize import edge_convs, quantize_static_int8
+from radreview.inference.segment import normalize, to_model_grid
+from radreview.studies import Volume, open_volume, scan
 from training.seg_data import DATA
 from training.train_nodule import CTX, NORM, SPACING, background, make_case
 
@@ -41,7 +41,7 @@ SIZE_BANDS = [(3, 6), (6, 10), (10, 20), (20, 50)]
 
 def heldout_background():
     """Patient D (B40f) on the model grid, its lung mask, grid, the volume and tumour boxes (LPS)."""
-    from inference.lungs import lung_mask
+    from radreview.inference.lungs import lung_mask
 
     folder = DATA / "ct-chest-tumor/series_B40f"
     vol = open_volume(folder)
@@ -85,7 +85,7 @@ def case_volume(block: np.ndarray, grid: sitk.Image, center_idx_zyx, c_block) ->
     z, y, x = (int(v) for v in center_idx_zyx)
     cz, cy, cx = c_block
     origin = grid.TransformIndexToPhysicalPoint((x - cx, y - cy, z - cz))
-    from studies.volume import StudyInfo
+    from radreview.studies.volume import StudyInfo
 
     return Volume(block.astype(np.int16), spacing=SPACING, origin=origin, info=StudyInfo(modality="CT"))
 
@@ -269,7 +269,7 @@ def main(argv=None):
     # write the calibrated card before explanations (they load the package)
     (OUT / "model.json").write_text(json.dumps(card(met, deltas, T, {}, {}), indent=1))
     pkg = load_package(OUT, check_hashes=True)
-    from explain.gradcam import explain_candidate, load_twin, randomized_copy, spearman
+    from radreview.explain.gradcam import explain_candidate, load_twin, randomized_copy, spearman
 
     net = load_twin(pkg)
     hits, tried, times, fwd, rho = 0, 0, [], [], []

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.package import ModelPackage, load_package, sha256_file
-from inference.quantize import calibration_patches, edge_convs, quantize_static_int8
-from inference.segment import make_session, segment
-from review.metrics import dice, hd95
+from radreview.inference.package import ModelPackage, load_package, sha256_file
+from radreview.inference.quantize import calibration_patches, edge_convs, quantize_static_int8
+from radreview.inference.segment import make_session, segment
+from radreview.review.metrics import dice, hd95
 from training.seg_data import CLASSES, IGNORE, heldout, volumes
 from training.train_seg import CTX, NORM, SPACING
 

@@ -10,10 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from inference.package import ModelPackage, load_package, sha256_file
-from inference.quantize import calibration_patches, edge_convs, quantize_static_int8
-from inference.segment import segment
-from review.metrics import dice
+from radreview.inference.package import ModelPackage, load_package, sha256_file
+from radreview.inference.quantize import calibration_patches, edge_convs, quantize_static_int8
+from radreview.inference.segment import segment
+from radreview.review.metrics import dice
 from training.seg_data import CLASSES, volumes
 
 RECIPES = [("minmax", False), ("minmax", True), ("percentile", False), ("percentile", True), ("entropy", True)]

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from studies import Volume, load_image_file, open_volume
+from radreview.studies import Volume, load_image_file, open_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RADREVIEW_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -116,7 +116,7 @@ def heldout() -> tuple[Volume, np.ndarray]:
 
 def to_grid(vol: Volume, target: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
     """Image (linear) and target (nearest) on the model grid, as the runtime resamples."""
-    from inference.segment import to_model_grid
+    from radreview.inference.segment import to_model_grid
 
     img = to_model_grid(vol, spacing)
     t = vol.to_sitk()

@@ -23,10 +23,10 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from explain.nets import UNet2p5D
+from radreview.explain.nets import UNet2p5D
 from training.common import fit_and_save
-from inference.segment import normalize, to_model_grid
-from studies import load_image_file
+from radreview.inference.segment import normalize, to_model_grid
+from radreview.studies import load_image_file
 from training.nodules import insert_nodule, insert_vessel, lung_mask, random_nodule_params
 from training.seg_data import DATA
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explain.nets import UNet2p5D
+from radreview.explain.nets import UNet2p5D
 from training.common import fit_and_save
 from training.seg_data import CLASSES, IGNORE, to_grid, volumes
 

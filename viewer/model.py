@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from studies.volume import Volume
+from radreview.studies.volume import Volume
 
 __all__ = [
     "PLANES", "PlaneMapping", "plane_mapping", "apply_window", "window_presets",
@@ -42,8 +42,10 @@ _PLANE_AXES = {
 
 
 def resources_dir() -> Path:
-    """The project's ``resources/`` folder (presets, models, colour tables)."""
-    return Path(__file__).resolve().parents[1] / "resources"
+    """The shipped ``radreview.resources`` folder (presets, models), found with importlib.resources."""
+    from importlib.resources import files
+
+    return Path(str(files("radreview.resources")))
 
 
 def window_presets() -> dict[str, tuple[float, float]]:

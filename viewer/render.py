@@ -15,7 +15,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from studies.volume import Volume
+from radreview.studies.volume import Volume
 
 from .model import PLANES, ViewerModel, apply_window, volume_render_presets
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inference.classify import ClassificationResult
-from inference.package import ModelPackage, PackageError, load_package
-from inference.segment import SegmentationResult
-from review.findings import Finding, ReviewSession, findings_from_classification, findings_from_segmentation, study_key
-from review.store import ReviewStore
-from studies.jobs import drain
-from studies.volume import Volume
+from radreview.inference.classify import ClassificationResult
+from radreview.inference.package import ModelPackage, PackageError, load_package
+from radreview.inference.segment import SegmentationResult
+from radreview.review.findings import Finding, ReviewSession, findings_from_classification, findings_from_segmentation, study_key
+from radreview.review.store import ReviewStore
+from radreview.studies.jobs import drain
+from radreview.studies.volume import Volume
 
 __all__ = ["AIRun", "default_models", "run_models", "iter_run_models", "open_session"]
 
@@ -35,7 +35,7 @@ def default_models(volume: Volume) -> list[str]:
         return []
     import numpy as np
 
-    from inference.lungs import lung_mask
+    from radreview.inference.lungs import lung_mask
 
     step = max(1, int(round(max(volume.size[:2]) / 128)))
     sub = volume.array[:, ::step, ::step]
@@ -54,8 +54,8 @@ def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dic
     A package refused for this study (modality, hash, shape...) is recorded in ``AIRun.refused``,
     not raised. ``thresholds`` maps model id to logged threshold overrides.
     """
-    from inference.classify import iter_classify
-    from inference.segment import iter_segment
+    from radreview.inference.classify import iter_classify
+    from radreview.inference.segment import iter_segment
 
     run = AIRun()
     if model_ids is None:

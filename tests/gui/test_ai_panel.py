@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PySide6.QtCore import Qt, QTimer
 
-from viewer._qt.ai_panel import OVERLAY_NAME
+from radreview.viewer._qt.ai_panel import OVERLAY_NAME
 
 
 def test_run_ai_shows_findings_and_keeps_gui_responsive(window, qtbot):
@@ -83,7 +83,7 @@ def test_mr_study_is_refused_with_message(qtbot, mr_window):
 
 
 def test_label_colour_change_reaches_the_views(window, qtbot):
-    from viewer._qt.views import grab_pixels
+    from radreview.viewer._qt.views import grab_pixels
 
     panel = window.ai_panel
     panel.opacity.setValue(100)

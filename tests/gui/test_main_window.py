@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-from viewer.model import window_presets
+from radreview.viewer.model import window_presets
 
 
 def test_browser_lists_series_and_loads(window):
@@ -22,7 +22,7 @@ def test_browser_lists_series_and_loads(window):
 
 
 def test_first_image_before_volume(qtbot, ct_series):
-    from viewer._qt.main_window import MainWindow
+    from radreview.viewer._qt.main_window import MainWindow
 
     win = MainWindow()
     qtbot.addWidget(win)

@@ -6,10 +6,10 @@ import json
 
 from PySide6.QtCore import Qt
 
-from review.findings import study_key
-from review.store import ReviewStore
+from radreview.review.findings import study_key
+from radreview.review.store import ReviewStore
 from tests.qt_fixtures import open_window
-from viewer._qt.review_panel import FLAG_BG, HEATMAP
+from radreview.viewer._qt.review_panel import FLAG_BG, HEATMAP
 
 
 def run_ai(win, qtbot):

@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 from PySide6.QtCore import QPoint, Qt
 
-from studies import open_volume
-from viewer.model import ViewerModel, apply_window
+from radreview.studies import open_volume
+from radreview.viewer.model import ViewerModel, apply_window
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
@@ -52,7 +52,7 @@ def pixel_at(pixels, scene, row, col):
 
 def test_cli_snapshot_2x2_nonblank(ct_series):
     out = ARTIFACTS / "snapshot_2x2.png"
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "snapshot", str(ct_series), "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "snapshot", str(ct_series), "--out", str(out),
                         "--size", "800x800"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
@@ -67,7 +67,7 @@ def test_cli_snapshot_2x2_nonblank(ct_series):
 
 def test_pixels_follow_geometry_liver_and_bone(ct, ts_labels):
     """Windowed HU of liver and vertebra voxels appears exactly where the mapping puts them."""
-    from viewer.render import snapshot
+    from radreview.viewer.render import snapshot
 
     labels = labels_on_ct_grid(ts_labels, ct)
     model = ViewerModel(ct)
@@ -101,7 +101,7 @@ def test_pixels_follow_geometry_liver_and_bone(ct, ts_labels):
 
 
 def test_3d_presets_bone_vs_soft_tissue(data_dir):
-    from viewer.render import snapshot
+    from radreview.viewer.render import snapshot
 
     vol = open_volume(data_dir / "ct-abdomen-nifti/ct.nii.gz")
     model = ViewerModel(vol)
@@ -122,7 +122,7 @@ def _line_positions(pixels):
 
 
 def test_crosshair_agrees_between_views_after_click(window, qtbot):
-    from viewer._qt.views import grab_pixels
+    from radreview.viewer._qt.views import grab_pixels
 
     ax = window.views["axial"]
     qtbot.mouseClick(ax, Qt.LeftButton, pos=QPoint(*ax.widget_pos_of(330, 180)))
@@ -162,7 +162,7 @@ def test_crosshair_agrees_between_views_after_click(window, qtbot):
 
 def test_segmentation_overlay_colour_on_liver_not_outside_body(window, qtbot, ts_labels):
     """After Run AI, the liver colour is drawn on liver pixels of the axial view, never on air."""
-    from viewer._qt.views import grab_pixels
+    from radreview.viewer._qt.views import grab_pixels
 
     panel = window.ai_panel
     panel.opacity.setValue(100)  # opaque fill: pixels take the label colour exactly
@@ -209,7 +209,7 @@ def test_heatmap_over_inserted_nodule(qtbot, tmp_path):
 
     from tests.nodule_case import inserted_nodule_volume
     from tests.qt_fixtures import open_window
-    from viewer._qt.views import grab_pixels
+    from radreview.viewer._qt.views import grab_pixels
 
     vol, mask, _ = inserted_nodule_volume(20.0, seed=11)
     path = tmp_path / "chest_with_nodule.nii.gz"
@@ -254,7 +254,7 @@ def test_heatmap_over_inserted_nodule(qtbot, tmp_path):
 
 def test_vtk_image_keeps_lps_geometry(data_dir):
     """volume_to_vtk: VTK's index -> physical mapping equals the Volume's (origin, spacing, direction)."""
-    from viewer.render import volume_to_vtk
+    from radreview.viewer.render import volume_to_vtk
 
     vol = open_volume(data_dir / "ct-abdomen-nifti/ct.nii.gz")  # direction diag(-1, -1, 1)
     img = volume_to_vtk(vol)

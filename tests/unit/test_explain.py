@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from explain.gradcam import ExplanationRefused, check_twin, explain_label, load_twin, randomized_copy, spearman
-from inference.package import load_package, models_dir, sha256_file
-from inference.segment import segment
-from studies import open_volume
+from radreview.explain.gradcam import ExplanationRefused, check_twin, explain_label, load_twin, randomized_copy, spearman
+from radreview.inference.package import load_package, models_dir, sha256_file
+from radreview.inference.segment import segment
+from radreview.studies import open_volume
 
 SEG = "ct-organs-2p5d"
 
@@ -82,7 +82,7 @@ def test_seg_gradcam_on_liver_and_randomization(seg_case):
 
 
 def test_cli_explain_writes_heatmap_on_input_grid(ct_series, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "explain", str(ct_series), "--model", SEG,
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "explain", str(ct_series), "--model", SEG,
                         "--out", str(tmp_path), "--target", "spleen"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     data = json.loads((tmp_path / "explanation.json").read_text())
@@ -94,6 +94,6 @@ def test_cli_explain_writes_heatmap_on_input_grid(ct_series, tmp_path):
     np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-6)
     arr = sitk.GetArrayFromImage(img)
     assert 0 <= arr.min() and arr.max() <= 1.0 + 1e-6
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "explain", str(ct_series), "--model", SEG,
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "explain", str(ct_series), "--model", SEG,
                         "--out", str(tmp_path), "--target", "pancreas"], capture_output=True, text=True)
     assert p.returncode != 0 and "unknown label" in p.stderr

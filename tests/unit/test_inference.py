@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.package import PackageError, list_packages, load_package, models_dir
-from inference.segment import gaussian_importance, iter_segment, segment
-from studies import load_image_file, open_volume
-from review.metrics import dice, hd95
+from radreview.inference.package import PackageError, list_packages, load_package, models_dir
+from radreview.inference.segment import gaussian_importance, iter_segment, segment
+from radreview.studies import load_image_file, open_volume
+from radreview.review.metrics import dice, hd95
 
 MODEL = "ct-organs-2p5d"
 
@@ -95,7 +95,7 @@ def test_gaussian_importance_is_centre_weighted():
 def test_mask_on_exact_input_grid(rel, data_dir, tmp_path):
     src = data_dir / rel
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "infer", str(src), "--model", MODEL, "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "infer", str(src), "--model", MODEL, "--out", str(out),
                         "--threads", "2"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     seg = sitk.ReadImage(str(out / "segmentation.nii.gz"))
@@ -167,19 +167,19 @@ def test_cancel_mid_run_leaves_nothing(pkg, ct_series):
 
 
 def test_cli_models_list_and_verify():
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "models", "list", "--json"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "models", "list", "--json"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     items = json.loads(p.stdout)
     m = next(x for x in items if x["id"] == MODEL)
     assert set(m) == {"id", "version", "task", "modality", "labels"} and m["task"] == "segmentation"
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "models", "verify", MODEL], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "models", "verify", MODEL], capture_output=True, text=True)
     assert p.returncode == 0 and "OK" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "models", "verify", "no-such-model"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "models", "verify", "no-such-model"], capture_output=True, text=True)
     assert p.returncode != 0 and "no model package" in p.stderr
 
 
 def test_cli_infer_refuses_mr(data_dir, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "viewer.cli", "infer", str(data_dir / "mr-brain-label/brain1_image.nrrd"),
+    p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "infer", str(data_dir / "mr-brain-label/brain1_image.nrrd"),
                         "--model", MODEL, "--out", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode != 0
     assert "accepts CT" in p.stderr and p.stderr.count("\n") == 1
@@ -187,7 +187,7 @@ def test_cli_infer_refuses_mr(data_dir, tmp_path):
 
 
 def test_list_packages_skips_broken(tmp_path, monkeypatch):
-    import inference.package as pk
+    import radreview.inference.package as pk
 
     base = tmp_path / "models"
     shutil.copytree(models_dir() / MODEL, base / MODEL)
@@ -198,7 +198,7 @@ def test_list_packages_skips_broken(tmp_path, monkeypatch):
 
 
 def test_models_quantize_records_measured_deltas(tmp_path, data_dir):
-    from inference.cli_ops import models_quantize
+    from radreview.inference.cli_ops import models_quantize
 
     d = copy_package(tmp_path)
     old = json.loads((d / "model.json").read_text())["files"]["int8"]["sha256"]

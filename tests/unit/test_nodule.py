@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.classify import classify, size_gate
-from inference.package import load_package
-from review.findings import findings_from_classification
-from studies import open_volume
+from radreview.inference.classify import classify, size_gate
+from radreview.inference.package import load_package
+from radreview.review.findings import findings_from_classification
+from radreview.studies import open_volume
 from tests.nodule_case import inserted_nodule_volume
 from training.nodules import insert_nodule
 
@@ -74,7 +74,7 @@ def test_pointing_game_on_held_out_nodules(pkg):
     """Grad-CAM's maximum falls inside the inserted nodule (held-out lungs, 3 cases)."""
     import SimpleITK as sitk
 
-    from explain.gradcam import explain_candidate, load_twin
+    from radreview.explain.gradcam import explain_candidate, load_twin
 
     net = load_twin(pkg)
     hits = 0

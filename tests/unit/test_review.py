@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
-from review.findings import Finding, ReviewSession, SignOffRefused
-from review.store import ReviewStore, StoreCorrupt
+from radreview.review.findings import Finding, ReviewSession, SignOffRefused
+from radreview.review.store import ReviewStore, StoreCorrupt
 
 
 def findings():
@@ -136,7 +136,7 @@ def test_killed_process_keeps_saved_decision(tmp_path):
     db = tmp_path / "r.sqlite"
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from review.store import ReviewStore
+        from radreview.review.store import ReviewStore
         s = ReviewStore({str(db)!r})
         ts = s.record_decision("study:k", "m:lungs", "reject", "dr kill", "saved then killed")
         print("saved", ts, flush=True)
@@ -150,7 +150,7 @@ def test_killed_process_keeps_saved_decision(tmp_path):
 
 
 def _cli(*args, db):
-    return subprocess.run([sys.executable, "-m", "viewer.cli", *args, "--db", str(db)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "radreview.viewer.cli", *args, "--db", str(db)], capture_output=True, text=True)
 
 
 def test_cli_review_refuses_then_signs_off(ct_series, tmp_path):

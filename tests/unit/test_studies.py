@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from studies import LoadError, Volume, load_image_file, load_series, open_volume, scan
-from studies.loader import decode_frame, iter_load
+from radreview.studies import LoadError, Volume, load_image_file, load_series, open_volume, scan
+from radreview.studies.loader import decode_frame, iter_load
 from tests.conftest import write_series
 
 
@@ -188,7 +188,7 @@ def test_echoes_split_into_stacks(uncompressed_ct, tmp_path):
 
 
 def _decode_ours(name: str) -> np.ndarray:
-    from studies.discovery import _frames_from_single
+    from radreview.studies.discovery import _frames_from_single
 
     path = Path(get_testdata_file(name))
     ds = pydicom.dcmread(path, defer_size=1024)

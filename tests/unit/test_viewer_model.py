@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from studies import Volume, load_image_file, open_volume
-from studies.volume import StudyInfo
-from viewer.model import PLANES, ViewerModel, apply_window, auto_window, orientation_label, plane_mapping, window_presets
+from radreview.studies import Volume, load_image_file, open_volume
+from radreview.studies.volume import StudyInfo
+from radreview.viewer.model import PLANES, ViewerModel, apply_window, auto_window, orientation_label, plane_mapping, window_presets
 
 
 def synthetic(direction=np.eye(3), shape=(5, 6, 7), spacing=(0.5, 0.7, 2.0)):
@@ -131,7 +131,7 @@ def test_mr_gets_percentile_window(data_dir):
 
 # ----------------------------------------------------------------------------- CLI contract
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "viewer.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "radreview.viewer.cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_cli_info_json(ct_series):
@@ -177,7 +177,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_sample_data_from_mirror_and_refusal(tmp_path, data_dir, monkeypatch):
-    from studies import sample
+    from radreview.studies import sample
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("RADREVIEW_DATA_MIRROR", str(data_dir))

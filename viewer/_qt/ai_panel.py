@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from inference.package import list_packages
+from radreview.inference.package import list_packages
 
 from ..model import ViewerModel
 from ..overlay import LabelOverlay

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
-from studies import ScanResult, SeriesEntry, Volume, is_image_file
+from radreview.studies import ScanResult, SeriesEntry, Volume, is_image_file
 
 from ..model import PLANES, ViewerModel, volume_render_presets, window_presets
 from ..render import layout_viewports

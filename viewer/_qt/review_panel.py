@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from review.findings import Finding, ReviewSession, SignOffRefused, finding_from_dict, study_key
-from review.store import ReviewStore, StoreCorrupt
+from radreview.review.findings import Finding, ReviewSession, SignOffRefused, finding_from_dict, study_key
+from radreview.review.store import ReviewStore, StoreCorrupt
 
 from ..model import ViewerModel
 from ..overlay import HeatmapOverlay

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from superqt.utils import thread_worker
 
-from studies import iter_load, iter_scan, load_image_file
+from radreview.studies import iter_load, iter_scan, load_image_file
 
 
 class JobFailed(Exception):
@@ -72,14 +72,14 @@ def load_file_worker(path: str):
 @thread_worker(ignore_errors=True)
 def run_models_worker(volume, model_ids, thresholds, precision: str = "int8", threads: int | None = None):
     """Yields ``(model_id, SegProgress)``; returns the ``AIRun`` (arrays and findings only)."""
-    from viewer.workflow import iter_run_models
+    from radreview.viewer.workflow import iter_run_models
 
     return (yield from _guard(iter_run_models(volume, model_ids, thresholds, precision, threads)))
 
 
 def _explain(volume, package, result, target):
     yield ("explain", 0, 1)
-    from explain.gradcam import explain_candidate, explain_label
+    from radreview.explain.gradcam import explain_candidate, explain_label
 
     if package.task == "classification":
         return explain_candidate(volume, package, result, target)

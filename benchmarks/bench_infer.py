@@ -6,13 +6,16 @@ Usage: ``xvfb-run -a python -m benchmarks.bench_infer [--threads 2] [--repeats 5
 2. ORT INT8 vs ORT FP32 on the same batch;
 3. end-to-end ``radreview infer`` (a fresh process: load, resample, sliding window, map back,
    write NIfTI) on the sample DICOM series and on a 512x512x300 CT built from the shared
-   abdomen-pelvis NIfTI; INT8 and FP32;
+   abdomen-pelvis NIfTI; INT8 and FP32, with the median of each stage the runs report
+   (pre / infer / inverse / post, "other" = process start-up, loading and writing) and the
+   FP32/INT8 ratios measured in the same run (``--e2e-only`` runs just this part);
 4. GUI event-loop stall while the AI panel's worker runs: a 5 ms QTimer's longest gap and p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -84,16 +87,23 @@ def kernels(threads, repeats):
 
 
 def end_to_end(path, precision, threads, repeats, tmp):
+    """Median wall time of ``radreview infer`` (fresh process) and the median of each stage the
+    run reports in its findings (``stage_seconds``; "other" = start-up, loading, writing)."""
+    stages = []
+
     def run():
-        subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "infer", str(path), "--model", MODEL, "--out", str(tmp),
-                        "--precision", precision, "--threads", str(threads)], check=True, capture_output=True)
+        p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "infer", str(path), "--model", MODEL, "--out", str(tmp),
+                            "--precision", precision, "--threads", str(threads)], check=True, capture_output=True, text=True)
+        stages.append(json.loads(p.stdout)["stage_seconds"])
 
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         run()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        stages[-1]["other"] = ts[-1] - sum(stages[-1].values())
+    per = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+    return statistics.median(ts), per
 
 
 def gui_stall(path, threads):
@@ -129,20 +139,28 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--e2e-repeats", type=int, default=3)
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end runs (no kernel or GUI benchmark)")
     args = ap.parse_args(argv)
     from radreview.viewer.xvfb import ensure_display
 
     ensure_display()
-    tt, t32, t8 = kernels(args.threads, 10)
-    print(f"batch 8x3x128x128, {args.threads} threads, median of 10:")
-    print(f"  PyTorch eager {1000 * tt:.1f} ms | ORT FP32 {1000 * t32:.1f} ms | ORT INT8 {1000 * t8:.1f} ms")
-    print(f"  ORT FP32 vs PyTorch: {tt / t32:.2f}x faster; ORT INT8 vs FP32: {t32 / t8:.2f}x faster")
+    if not args.e2e_only:
+        tt, t32, t8 = kernels(args.threads, 10)
+        print(f"batch 8x3x128x128, {args.threads} threads, median of 10:")
+        print(f"  PyTorch eager {1000 * tt:.1f} ms | ORT FP32 {1000 * t32:.1f} ms | ORT INT8 {1000 * t8:.1f} ms")
+        print(f"  ORT FP32 vs PyTorch: {tt / t32:.2f}x faster; ORT INT8 vs FP32: {t32 / t8:.2f}x faster")
     tmp = OUT / "infer-out"
     big = big_ct()
     for name, path in (("sample DICOM 512x512x20 (JPEG 2000)", SAMPLE), ("NIfTI CT 512x512x300", big)):
+        res = {}
         for prec in ("int8", "fp32"):
-            t = end_to_end(path, prec, args.threads, args.e2e_repeats, tmp)
-            print(f"end-to-end radreview infer, {name}, {prec}: median {t:.2f} s of {args.e2e_repeats}")
+            res[prec] = t, per = end_to_end(path, prec, args.threads, args.e2e_repeats, tmp)
+            print(f"end-to-end radreview infer, {name}, {prec}: median {t:.2f} s of {args.e2e_repeats}; stages (median s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+        print(f"  {name}: FP32/INT8 end to end {res['fp32'][0] / res['int8'][0]:.2f}x; "
+              f"network stage {res['fp32'][1]['infer'] / res['int8'][1]['infer']:.2f}x")
+    if args.e2e_only:
+        return
     mx, p99, dur, n = gui_stall(big, args.threads)
     print(f"GUI event loop during INT8 inference on 512x512x300 ({dur:.1f} s, {n} timer ticks): "
           f"longest gap {mx:.0f} ms, p99 {p99:.0f} ms (5 ms timer)")

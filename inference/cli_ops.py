@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -12,9 +13,9 @@ import numpy as np
 from radreview.studies import open_volume, save_label_file
 from radreview.studies.volume import Volume
 
-from .package import ModelPackage, PackageError, list_packages, load_package, sha256_file
-from .quantize import calibration_patches, edge_convs, quantize_static_int8
-from .segment import make_session, segment
+from .package import (ModelPackage, PackageError, list_packages, load_package, models_dir, sha256_file,
+                      user_models_dir, write_manifest)
+# onnx/onnxruntime load only in the commands that run a model (``models list`` stays fast)
 
 __all__ = ["models_list", "models_verify", "models_quantize", "models_bench", "run_infer", "peak_rss_mb"]
 
@@ -53,6 +54,8 @@ def _mask_dice(a: np.ndarray, b: np.ndarray, labels: list[dict]) -> dict[str, fl
 
 def models_bench(model_id: str, threads: int = 2, repeats: int = 10, batch: int = 8) -> dict:
     """FP32 vs INT8 latency of one batch of patches (median of ``repeats``, same threads)."""
+    from .segment import make_session
+
     pkg = load_package(model_id, check_hashes=True)
     spec = pkg.meta["input"]
     ph, pw = spec["patch_size"][-2:]
@@ -76,13 +79,29 @@ def models_bench(model_id: str, threads: int = 2, repeats: int = 10, batch: int 
 def models_quantize(model_id: str, calibration: list[str], threads: int = 2) -> dict:
     """Re-make the package's INT8 model from real calibration volumes; record measured deltas.
 
+    A shipped package is never modified: it is copied to ``user_models_dir()/<id>`` (replacing
+    an earlier copy) and quantized there, and the user folder's ``manifest.json`` pins the
+    result; that copy then shadows the shipped one (:func:`~.package.model_search_path`). A
+    package in a user, ``$RADREVIEW_MODELS_PATH`` or explicit folder is re-quantized in place.
+
     Raises
     ------
     PackageError
         If the package fails its checks; FileNotFoundError / LoadError for bad volumes.
     """
+    from .quantize import calibration_patches, edge_convs, quantize_static_int8
+    from .segment import segment
+
     pkg = load_package(model_id, check_hashes=True)
     vols = [open_volume(p) for p in calibration]
+    shipped = models_dir().resolve()
+    if pkg.source == "shipped" or shipped in pkg.root.resolve().parents:
+        dst = user_models_dir() / pkg.id
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(pkg.root, dst)
+        pkg = ModelPackage(dst, pkg.meta, source="user")
     for v in vols:
         pkg.check_modality(v.info.modality)
     patches = calibration_patches(vols, pkg.meta["input"], per_volume=32)
@@ -91,7 +110,7 @@ def models_quantize(model_id: str, calibration: list[str], threads: int = 2) -> 
     meta = dict(pkg.meta)
     meta["files"]["int8"]["sha256"] = sha256_file(int8)
     (pkg.root / "model.json").write_text(json.dumps(meta, indent=1))  # the new file is the package's now
-    pkg = ModelPackage(pkg.root, meta)
+    pkg = ModelPackage(pkg.root, meta, source=pkg.source)
     agreement = {}
     for path, v in zip(calibration, vols):
         a = segment(v, pkg, "fp32", threads).labels
@@ -102,6 +121,8 @@ def models_quantize(model_id: str, calibration: list[str], threads: int = 2) -> 
     meta["int8_deltas"]["requantized"] = {"calibration": [str(p) for p in calibration], "patches": int(len(patches)),
                                           "dice_fp32_vs_int8_on_calibration": agreement, "latency": bench}
     (pkg.root / "model.json").write_text(json.dumps(meta, indent=1))
+    if pkg.source == "user" or (pkg.root.parent / "manifest.json").is_file():
+        write_manifest(pkg.root.parent)  # re-pin the folder it was written to (never the shipped one)
     return meta["int8_deltas"]["requantized"]
 
 
@@ -109,18 +130,28 @@ def models_bench_pkg(pkg: ModelPackage, threads: int) -> dict:
     return {k: v for k, v in models_bench(pkg.root, threads).items() if k in ("fp32", "int8", "int8_speedup")}
 
 
-def run_infer(path: str, model_id: str, out_dir: str, precision: str = "int8", threads: int | None = None) -> dict:
+def run_infer(path: str, model_id: str, out_dir: str, precision: str = "int8", threads: int | None = None,
+              notify=None) -> dict:
     """``radreview infer``: segmentation.nii.gz on the input's exact grid + findings.json.
+
+    ``notify``, if given, is called with each warning about which volume was used when the
+    input holds several (``Volume.warnings``, see :func:`radreview.studies.open_volume`).
 
     Raises
     ------
     PackageError
         Wrong/unsound model or modality refused.
     """
+    from .segment import segment
+
     pkg = load_package(model_id, check_hashes=True)
     if pkg.task != "segmentation":
         raise PackageError(f"model {pkg.id} is a {pkg.task} model; infer runs segmentation models")
     vol: Volume = open_volume(path)
+    if notify is not None:
+        for w in vol.warnings:
+            if "image volumes found" in w:
+                notify(w)
     res = segment(vol, pkg, precision, threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

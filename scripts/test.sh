@@ -8,6 +8,12 @@ export RADREVIEW_DATA_MIRROR="${RADREVIEW_DATA_MIRROR:-$(cd .. && pwd)/shared/da
 export PYTHONDONTWRITEBYTECODE=1
 echo "== import-linter (one-way rule: viewer -> review, explain, inference -> studies)"
 .venv/bin/lint-imports
+echo "== wheel check (build the wheel, fresh venv, headless commands + one snapshot from it)"
+if [ -n "${RADREVIEW_SKIP_WHEEL_CHECK:-}" ]; then
+  echo "wheel check SKIPPED (RADREVIEW_SKIP_WHEEL_CHECK is set)"
+else
+  bash scripts/wheel_check.sh
+fi
 echo "== pytest"
 if [ -z "${DISPLAY:-}" ]; then
   exec xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python -m pytest "$@"

@@ -15,10 +15,13 @@ Index*, MR Echo *Effective Echo Time*).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
+import stat
 import tempfile
+import warnings
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -35,7 +38,29 @@ from .volume import StudyInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameRef", "SeriesEntry", "Skipped", "ScanResult", "scan", "iter_scan"]
+__all__ = ["FrameRef", "SeriesEntry", "Skipped", "ScanResult", "scan", "iter_scan", "HeaderProblem",
+           "ZIP_MAX_BYTES", "ZIP_MAX_RATIO"]
+
+#: Total bytes a ``.zip`` may extract to (``$RADREVIEW_ZIP_MAX_MB`` overrides, in MiB): a zip bomb
+#: stops here instead of filling the disk.
+ZIP_MAX_BYTES = 4 << 30
+
+#: An entry whose uncompressed size is over this many times its compressed size (and over
+#: 64 MiB) is refused as a likely zip bomb; real DICOM compresses 2-10x, 100x only when empty.
+ZIP_MAX_RATIO = 200
+
+#: Encapsulated (compressed) Pixel Data declaring more than this many times the file size once
+#: decoded is refused at scan time (lossless JPEG 2000 of CT is about 2-3:1, lossy rarely 100:1).
+MAX_COMPRESSION_RATIO = 2000
+
+#: Tolerances for *Image Orientation (Patient)*: each direction cosine vector must have unit
+#: length and the two must be orthogonal within this (DICOM stores them as DS, ~6 digits).
+ORIENTATION_TOL = 1e-2
+
+
+class HeaderProblem(ValueError):
+    """A geometry or pixel-description attribute is unusable; the message names it and why."""
+
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # Implicit / Explicit VR Little Endian
 
@@ -157,17 +182,97 @@ class ScanResult:
         }
 
     def cleanup(self) -> None:
+        """Remove the private folder a ``.zip`` was extracted into (also done at exit)."""
         if self._tempdir:
             shutil.rmtree(self._tempdir, ignore_errors=True)
+            _LIVE_TEMPDIRS.discard(self._tempdir)
             self._tempdir = None
 
 
+_LIVE_TEMPDIRS: set[str] = set()
+_TMP_PREFIX = "radreview-zip-"
+
+
+@atexit.register
+def _remove_tempdirs() -> None:
+    for d in list(_LIVE_TEMPDIRS):
+        shutil.rmtree(d, ignore_errors=True)
+    _LIVE_TEMPDIRS.clear()
+
+
+def _private_tempdir() -> str:
+    """A new 0700 folder ``radreview-zip-<pid>-*``; folders left by dead processes are removed first."""
+    base = Path(tempfile.gettempdir())
+    try:
+        for old in base.glob(_TMP_PREFIX + "*"):
+            parts = old.name[len(_TMP_PREFIX):].split("-", 1)
+            if not parts[0].isdigit() or int(parts[0]) == os.getpid():
+                continue
+            try:
+                os.kill(int(parts[0]), 0)
+            except ProcessLookupError:  # its process is gone: a killed command's leftovers
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+    except OSError:
+        pass
+    d = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    _LIVE_TEMPDIRS.add(d)
+    return d
+
+
+def shown(path) -> str:
+    """``path`` as printable text: undecodable (non-UTF-8) bytes of a file name become ``\\xNN``."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 # --------------------------------------------------------------------------- file enumeration
-def _iter_files(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def _iter_files(root: Path, skipped: list[Skipped] | None = None, confine: bool = False) -> Iterator[Path]:
+    """Regular files under ``root`` (sorted, symbolic links to folders not followed).
+
+    Unreadable folders, links to folders, FIFOs, sockets, devices, dangling links and link
+    loops are reported in ``skipped`` (a FIFO would block a reader forever). With ``confine``,
+    links to files outside ``root`` are reported instead of read.
+    """
+    base = root.resolve() if confine else None
+    def onerror(exc: OSError) -> None:
+        if skipped is not None:
+            skipped.append(Skipped(shown(exc.filename or root), f"unreadable folder ({exc.strerror or exc}); not scanned"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                dirnames.remove(d)
+                if skipped is not None:
+                    skipped.append(Skipped(shown(os.path.join(dirpath, d)), "symbolic link to a folder: not followed"))
         dirnames.sort()
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            p = Path(dirpath) / name
+            problem = _not_regular(p)
+            if not problem and base is not None and p.is_symlink() and base not in p.resolve().parents:
+                problem = f"symbolic link to a file outside {shown(base)}; not read"
+            if problem:
+                if skipped is not None:
+                    skipped.append(Skipped(shown(p), problem))
+                continue
+            yield p
+
+
+def _not_regular(p: Path) -> str | None:
+    """Why ``p`` cannot be read as a file (``None`` for a regular file)."""
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        return f"cannot open ({exc.strerror or exc}{'; dangling or looping symbolic link' if os.path.islink(p) else ''})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+            else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "folder" if stat.S_ISDIR(st.st_mode)
+            else "special file")
+    return f"not a regular file ({kind}); not read"
 
 
 def _dicomdir_files(dicomdir: Path, skipped: list[Skipped]) -> list[Path]:
@@ -178,14 +283,26 @@ def _dicomdir_files(dicomdir: Path, skipped: list[Skipped]) -> list[Path]:
         fs = FileSet(pydicom.dcmread(dicomdir))
     except Exception as exc:  # corrupt DICOMDIR: fall back to scanning its folder
         skipped.append(Skipped(str(dicomdir), f"unreadable DICOMDIR ({exc}); folder scanned instead"))
-        return [p for p in _iter_files(dicomdir.parent) if p != dicomdir]
+        return [p for p in _iter_files(dicomdir.parent, skipped, confine=True) if p != dicomdir]
     out = []
+    base = dicomdir.parent.resolve()
     for inst in fs:
-        p = Path(inst.path)
-        if p.exists():
-            out.append(p)
+        try:
+            p = Path(inst.path)
+            real = p.resolve()
+        except Exception as exc:  # a malformed Referenced File ID
+            skipped.append(Skipped(shown(dicomdir), f"DICOMDIR entry with an unusable Referenced File ID ({exc})"))
+            continue
+        if real != base and base not in real.parents:
+            skipped.append(Skipped(shown(p), f"referenced by DICOMDIR but outside its folder {shown(base)}; not read"))
+            continue
+        problem = _not_regular(p)
+        if problem and not p.exists():
+            skipped.append(Skipped(shown(p), "referenced by DICOMDIR but missing on disk"))
+        elif problem:
+            skipped.append(Skipped(shown(p), problem))
         else:
-            skipped.append(Skipped(str(p), "referenced by DICOMDIR but missing on disk"))
+            out.append(p)
     return out
 
 
@@ -216,6 +333,7 @@ def _info_from(ds, source: str) -> StudyInfo:
         series_description=_str(ds, "SeriesDescription"),
         series_number=_str(ds, "SeriesNumber"),
         modality=_str(ds, "Modality"),
+        frame_of_reference_uid=_str(ds, "FrameOfReferenceUID"),
         sop_class_uid=_str(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", "")),
         window_center=_first_number(ds.get("WindowCenter")),
         window_width=_first_number(ds.get("WindowWidth")),
@@ -238,24 +356,170 @@ def _pixel_location(ds, path: Path) -> tuple[int | None, int | None, str | None]
     return int(tell), int(length), None
 
 
+def _vm(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return list(value)
+    return [value]
+
+
+def _finite(value, name: str, tag: str, count: int) -> np.ndarray:
+    """``count`` finite numbers from a DS/FD attribute, else :class:`HeaderProblem` naming it."""
+    vals = _vm(value)
+    if len(vals) != count:
+        raise HeaderProblem(f"{name} {tag} has {len(vals)} value(s), needs {count}")
+    try:
+        arr = np.array([float(v) for v in vals], dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise HeaderProblem(f"{name} {tag} is not numeric ({'/'.join(str(v) for v in vals)[:60]})") from None
+    if not np.all(np.isfinite(arr)):
+        raise HeaderProblem(f"{name} {tag} holds a non-finite value (NaN or Inf)")
+    return arr
+
+
+def check_position(value) -> np.ndarray | None:
+    """*Image Position (Patient)* (0020,0032): 3 finite numbers (LPS mm) or ``None`` if absent.
+
+    Raises
+    ------
+    HeaderProblem
+        Wrong value multiplicity, not numeric, NaN or Inf.
+    """
+    if value is None or value == "" or (hasattr(value, "__len__") and len(value) == 0):
+        return None
+    return _finite(value, "Image Position (Patient)", "(0020,0032)", 3)
+
+
+def check_orientation(value) -> np.ndarray | None:
+    """*Image Orientation (Patient)* (0020,0037): 6 finite direction cosines, two unit vectors
+    orthogonal within :data:`ORIENTATION_TOL` (PS3.3 C.7.6.2.1.1), or ``None`` if absent.
+
+    Raises
+    ------
+    HeaderProblem
+        Wrong VM, not numeric, NaN/Inf, a row or column vector not of unit length, or the two
+        not orthogonal.
+    """
+    if value is None or value == "" or (hasattr(value, "__len__") and len(value) == 0):
+        return None
+    arr = _finite(value, "Image Orientation (Patient)", "(0020,0037)", 6)
+    r, c = arr[:3], arr[3:]
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    if abs(nr - 1) > ORIENTATION_TOL or abs(nc - 1) > ORIENTATION_TOL:
+        raise HeaderProblem(f"Image Orientation (Patient) (0020,0037): direction cosines are not unit vectors "
+                            f"(lengths {nr:.4g}, {nc:.4g})")
+    dot = float(np.dot(r, c)) / (nr * nc)
+    if abs(dot) > ORIENTATION_TOL:
+        raise HeaderProblem(f"Image Orientation (Patient) (0020,0037): row and column directions are not orthogonal "
+                            f"(cosine {dot:.4g})")
+    return arr
+
+
+def check_spacing(value, keyword: str = "Pixel Spacing", tag: str = "(0028,0030)") -> tuple[float, float]:
+    """*Pixel Spacing* (0028,0030): ``(row spacing, column spacing)``, 2 positive finite mm values.
+
+    Raises
+    ------
+    HeaderProblem
+        Wrong VM, not numeric, NaN/Inf, zero or negative.
+    """
+    arr = _finite(value, keyword, tag, 2)
+    if np.any(arr <= 0):
+        raise HeaderProblem(f"{keyword} {tag} must be two positive numbers (mm), got {arr[0]:g}\\{arr[1]:g}")
+    return float(arr[0]), float(arr[1])
+
+
+def _int_attr(ds, keyword: str, default=None, lo: int = 0, hi: int = 2**32 - 1) -> int:
+    v = ds.get(keyword, default)
+    if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+        v = v[0] if len(v) else default
+    if v is None or v == "":
+        if default is None:
+            raise HeaderProblem(f"{keyword} is missing")
+        v = default
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        raise HeaderProblem(f"{keyword} is not an integer ({str(v)[:30]})") from None
+    if not lo <= n <= hi:
+        raise HeaderProblem(f"{keyword} = {n} is outside {lo}..{hi}")
+    return n
+
+
+def check_pixel_description(ds, path: Path) -> tuple[int, int, int, int]:
+    """``(rows, cols, frames, bits_allocated)`` after checking them against the Pixel Data.
+
+    *Rows*/*Columns* must be 1-65535 (US), *Bits Allocated* 1, 8, 16, 32 or 64, *Bits Stored* no
+    more than that; native Pixel Data must hold Rows x Columns x frames x samples x bits bytes
+    (PS3.5 8.1.1), and encapsulated Pixel Data needs at least one 8-byte item per frame
+    (PS3.5 A.4), so a declared size larger than the file is refused before anything is
+    allocated.
+
+    Raises
+    ------
+    HeaderProblem
+        With the attribute and the numbers that disagree.
+    """
+    rows = _int_attr(ds, "Rows", None, 1, 65535)
+    cols = _int_attr(ds, "Columns", None, 1, 65535)
+    frames = _int_attr(ds, "NumberOfFrames", 1, 0, 2**31)
+    frames = max(frames, 1)
+    spp = _int_attr(ds, "SamplesPerPixel", 1, 1, 4)
+    bits = _int_attr(ds, "BitsAllocated", 16, 1, 64)
+    if bits not in (1, 8, 16, 32, 64):
+        raise HeaderProblem(f"Bits Allocated (0028,0100) = {bits} is not 1, 8, 16, 32 or 64")
+    stored = _int_attr(ds, "BitsStored", bits, 1, 64)
+    if stored > bits:
+        raise HeaderProblem(f"Bits Stored (0028,0101) = {stored} exceeds Bits Allocated = {bits}")
+    size = path.stat().st_size
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(elem, "length", None)
+    if length is not None and length != 0xFFFFFFFF:
+        need = (rows * cols * frames * spp * bits + 7) // 8
+        if length < need:
+            raise HeaderProblem(f"Pixel Data (7FE0,0010) holds {length} bytes but Rows x Columns x frames x samples x "
+                                f"Bits Allocated = {rows}x{cols}x{frames}x{spp}x{bits} bits need {need}")
+    else:
+        if frames * 8 > size:
+            raise HeaderProblem(f"Number of Frames (0028,0008) = {frames} cannot fit in a {size}-byte file "
+                                "(encapsulated Pixel Data needs at least one 8-byte item per frame)")
+        decoded = (rows * cols * frames * spp * bits + 7) // 8
+        if decoded > MAX_COMPRESSION_RATIO * size:
+            raise HeaderProblem(f"Rows x Columns x frames = {rows}x{cols}x{frames} would decode to {decoded / 2**20:.0f} MiB "
+                                f"from a {size / 2**10:.0f} KiB file (over {MAX_COMPRESSION_RATIO}:1); not loaded")
+    return rows, cols, frames, bits
+
+
+def _spacing_of(ds_or_item, fallback=None) -> tuple[float, float]:
+    for kw, name, tag in (("PixelSpacing", "Pixel Spacing", "(0028,0030)"),
+                          ("ImagerPixelSpacing", "Imager Pixel Spacing", "(0018,1164)")):
+        v = ds_or_item.get(kw) if ds_or_item is not None else None
+        if v is not None and v != "" and len(_vm(v)):
+            return check_spacing(v, name, tag)
+    return fallback if fallback is not None else (1.0, 1.0)
+
+
 def _frames_from_single(ds, path: Path, display: str) -> list[FrameRef]:
-    ipp = ds.get("ImagePositionPatient")
-    iop = ds.get("ImageOrientationPatient")
-    ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0]
+    rows, cols, _, _ = check_pixel_description(ds, path)
+    ipp = check_position(ds.get("ImagePositionPatient"))
+    iop = check_orientation(ds.get("ImageOrientationPatient"))
+    ps = _spacing_of(ds)
     offset, length, _ = _pixel_location(ds, path)
+    inst = ds.get("InstanceNumber")
     return [
         FrameRef(
             path=str(path),
             frame=None,
             sop_instance_uid=_str(ds, "SOPInstanceUID"),
-            rows=int(ds.Rows),
-            cols=int(ds.Columns),
-            position=None if ipp is None else np.array([float(v) for v in ipp]),
-            orientation=None if iop is None else np.array([float(v) for v in iop]),
-            pixel_spacing=(float(ps[0]), float(ps[1])),
+            rows=rows,
+            cols=cols,
+            position=ipp,
+            orientation=iop,
+            pixel_spacing=ps,
             slope=_first_number(ds.get("RescaleSlope"), 1.0) or 1.0,
             intercept=_first_number(ds.get("RescaleIntercept"), 0.0),
-            instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
+            instance_number=int(_first_number(inst, 0)) if inst not in (None, "") else None,
             slice_thickness=_first_number(ds.get("SliceThickness")),
             spacing_between_slices=_first_number(ds.get("SpacingBetweenSlices")),
             echo=_first_number(ds.get("EchoNumbers")),
@@ -282,7 +546,7 @@ def _fg(frame_item, shared_item, seq: str):
 
 def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
     """Frames of an enhanced multi-frame object from its functional groups (PS3.3 C.7.6.16)."""
-    n = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols, n, _ = check_pixel_description(ds, path)
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     per = ds.PerFrameFunctionalGroupsSequence if "PerFrameFunctionalGroupsSequence" in ds else None
     out = []
@@ -294,19 +558,19 @@ def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
         pvt = _fg(item, shared, "PixelValueTransformationSequence")
         content = _fg(item, shared, "FrameContentSequence")
         echo = _fg(item, shared, "MREchoSequence")
-        ps = (meas.get("PixelSpacing") if meas is not None else None) or ds.get("PixelSpacing") or [1.0, 1.0]
-        ipp = pos.get("ImagePositionPatient") if pos is not None else None
-        iop = ori.get("ImageOrientationPatient") if ori is not None else None
+        ps = _spacing_of(meas, _spacing_of(ds))
+        ipp = check_position(pos.get("ImagePositionPatient")) if pos is not None else None
+        iop = check_orientation(ori.get("ImageOrientationPatient")) if ori is not None else None
         out.append(
             FrameRef(
                 path=str(path),
                 frame=f,
                 sop_instance_uid=_str(ds, "SOPInstanceUID"),
-                rows=int(ds.Rows),
-                cols=int(ds.Columns),
-                position=None if ipp is None else np.array([float(v) for v in ipp]),
-                orientation=None if iop is None else np.array([float(v) for v in iop]),
-                pixel_spacing=(float(ps[0]), float(ps[1])),
+                rows=rows,
+                cols=cols,
+                position=ipp,
+                orientation=iop,
+                pixel_spacing=ps,
                 slope=(_first_number(pvt.get("RescaleSlope"), 1.0) if pvt is not None else 1.0) or 1.0,
                 intercept=_first_number(pvt.get("RescaleIntercept"), 0.0) if pvt is not None else 0.0,
                 slice_thickness=_first_number(meas.get("SliceThickness")) if meas is not None else None,
@@ -334,7 +598,9 @@ class _Obj:
 
 def _read_header(path: Path, display: str, skipped: list[Skipped]) -> _Obj | None:
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns for every odd value; the checks below decide
+            ds = pydicom.dcmread(path, defer_size=1024)
     except InvalidDicomError:
         skipped.append(Skipped(display, "not a DICOM file (no 'DICM' preamble / File Meta Information, PS3.10 7.1)"))
         return None
@@ -356,37 +622,27 @@ def iter_scan(path: str | os.PathLike) -> Iterator[tuple[int, int, ScanResult | 
         If ``path`` does not exist.
     """
     root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    result = ScanResult(root=str(root))
+    if not root.exists() and not root.is_symlink():
+        raise FileNotFoundError(f"{shown(root)}: no such file or folder")
+    result = ScanResult(root=shown(root))
     skipped = result.skipped
     files: list[tuple[Path, str]] = []
-    if root.is_dir():
+    problem = _not_regular(root) if not root.is_dir() else None
+    if problem:
+        skipped.append(Skipped(shown(root), problem))
+    elif root.is_dir():
         dicomdir = root / "DICOMDIR"
         if dicomdir.is_file():
             listed = _dicomdir_files(dicomdir, skipped)
-            files = [(p, str(p)) for p in listed]
+            files = [(p, shown(p)) for p in listed]
         else:
-            files = [(p, str(p)) for p in _iter_files(root)]
-    elif zipfile.is_zipfile(root):
-        tmp = tempfile.mkdtemp(prefix="radreview-zip-")
-        result._tempdir = tmp
-        with zipfile.ZipFile(root) as zf:
-            for member in zf.infolist():
-                if member.is_dir():
-                    continue
-                target = Path(tmp) / f"{len(files):06d}"
-                try:
-                    with zf.open(member) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                except Exception as exc:
-                    skipped.append(Skipped(f"{root}!{member.filename}", f"cannot extract from zip: {exc}"))
-                    continue
-                files.append((target, f"{root}!{member.filename}"))
+            files = [(p, shown(p)) for p in _iter_files(root, skipped)]
+    elif _is_zip(root):
+        files = _extract_zip(root, result)
     elif root.name.upper() == "DICOMDIR":
-        files = [(p, str(p)) for p in _dicomdir_files(root, skipped)]
+        files = [(p, shown(p)) for p in _dicomdir_files(root, skipped)]
     else:
-        files = [(root, str(root))]
+        files = [(root, shown(root))]
 
     objs: list[_Obj] = []
     total = len(files)
@@ -400,6 +656,73 @@ def iter_scan(path: str | os.PathLike) -> Iterator[tuple[int, int, ScanResult | 
             yield n, total, None
     _group(objs, result)
     yield total, total, result
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _zip_limit() -> int:
+    try:
+        return int(float(os.environ["RADREVIEW_ZIP_MAX_MB"]) * (1 << 20))
+    except (KeyError, ValueError):
+        return ZIP_MAX_BYTES
+
+
+def _extract_zip(root: Path, result: ScanResult) -> list[tuple[Path, str]]:
+    """Extract a ``.zip`` into a private folder (removed by :meth:`ScanResult.cleanup` or at exit).
+
+    Entries are written under numbered names, so ``../`` and absolute entry names cannot write
+    outside it; the total is capped at :data:`ZIP_MAX_BYTES` and an entry compressed more than
+    :data:`ZIP_MAX_RATIO`:1 (over 64 MiB) is refused as a zip bomb. Refused entries go to
+    ``skipped``.
+    """
+    skipped = result.skipped
+    limit = _zip_limit()
+    files: list[tuple[Path, str]] = []
+    try:
+        zf = zipfile.ZipFile(root)
+    except Exception as exc:  # noqa: BLE001 - a damaged central directory
+        skipped.append(Skipped(shown(root), f"unreadable zip archive ({type(exc).__name__}: {exc})"))
+        return files
+    tmp = _private_tempdir()
+    result._tempdir = tmp
+    total = 0
+    with zf:
+        for member in zf.infolist():
+            name = f"{shown(root)}!{member.filename}"
+            if member.is_dir():
+                continue
+            if member.file_size > (64 << 20) and member.file_size > ZIP_MAX_RATIO * max(member.compress_size, 1):
+                skipped.append(Skipped(name, f"zip entry expands {member.file_size // max(member.compress_size, 1)}:1 "
+                                             f"to {member.file_size >> 20} MiB (zip bomb?); not extracted"))
+                continue
+            if total + member.file_size > limit:
+                skipped.append(Skipped(name, f"zip extraction limit of {limit >> 20} MiB reached "
+                                             "(RADREVIEW_ZIP_MAX_MB); not extracted"))
+                continue
+            target = Path(tmp) / f"{len(files):06d}"
+            try:
+                written = 0
+                with zf.open(member) as src, open(target, "wb") as dst:
+                    while True:
+                        block = src.read(1 << 20)
+                        if not block:
+                            break
+                        written += len(block)
+                        if written > member.file_size or total + written > limit:
+                            raise ValueError("entry is larger than its declared size or the extraction limit")
+                        dst.write(block)
+            except Exception as exc:  # noqa: BLE001 - CRC error, bad compression, lying sizes...
+                target.unlink(missing_ok=True)
+                skipped.append(Skipped(name, f"cannot extract from zip: {type(exc).__name__}: {exc}"))
+                continue
+            total += written
+            files.append((target, name))
+    return files
 
 
 def scan(path: str | os.PathLike) -> ScanResult:
@@ -419,70 +742,99 @@ def _group(objs: list[_Obj], result: ScanResult) -> None:
     others: dict[tuple[str, str, str], SeriesEntry] = {}
 
     for obj in objs:
-        ds = obj.ds
-        sop_class = _str(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-        sop_uid = _str(ds, "SOPInstanceUID") or str(ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
-        if sop_class == "1.2.840.10008.1.3.10":  # a nested DICOMDIR
-            skipped.append(Skipped(obj.display, "DICOMDIR index (not an image; the files it lists are scanned)"))
-            continue
-        if not sop_class or not sop_uid:
-            skipped.append(Skipped(obj.display, "no SOP Class UID / SOP Instance UID (0008,0016/0018)"))
-            continue
-        if sop_uid in seen_sop:
-            skipped.append(Skipped(obj.display, f"duplicate SOP Instance UID {sop_uid} (same as {seen_sop[sop_uid]})"))
-            continue
-        seen_sop[sop_uid] = obj.display
-        study = _str(ds, "StudyInstanceUID")
-        series = _str(ds, "SeriesInstanceUID")
-        key = (study, series)
-        modality = _str(ds, "Modality")
-        if is_non_image(sop_class) or "PixelData" not in ds and sop_class not in VOLUME_CLASSES:
-            okey = (study, series, sop_class)
-            if okey not in others:
-                others[okey] = SeriesEntry(
-                    study, series, modality, _str(ds, "SeriesDescription"), sop_class,
-                    info=_info_from(ds, obj.display), kind="non-image",
-                )
-            others[okey].files.append(obj.display)
-            continue
-        if "PixelData" not in ds:
-            skipped.append(Skipped(obj.display, "image SOP Class but no Pixel Data (7FE0,0010)"))
-            continue
-        offset, length, problem = _pixel_location(ds, obj.path)
-        if problem:
-            skipped.append(Skipped(obj.display, problem))
-            continue
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-        spp = int(ds.get("SamplesPerPixel", 1))
         try:
-            if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-                frames = _frames_from_multiframe(ds, obj.path, obj.display)
-            else:
-                frames = _frames_from_single(ds, obj.path, obj.display)
-        except Exception as exc:
-            skipped.append(Skipped(obj.display, f"unusable image header: {type(exc).__name__}: {exc}"))
-            continue
-        if spp != 1 or any(f.position is None or f.orientation is None for f in frames):
-            why = "colour image" if spp != 1 else "no Image Position/Orientation (Patient)"
-            okey = (study, series, sop_class)
-            if okey not in others:
-                others[okey] = SeriesEntry(
-                    study, series, modality, _str(ds, "SeriesDescription"), sop_class,
-                    info=_info_from(ds, obj.display), kind="image",
-                    warnings=[f"2-D images only ({why}); not stacked into a volume"],
-                )
-            others[okey].files.append(obj.display)
-            continue
-        by_series[key].extend(frames)
-        if key not in series_meta:
-            series_meta[key] = {"ds": ds, "display": obj.display, "sop_class": sop_class}
-        for f in frames:
-            f.sop_instance_uid = f.sop_instance_uid or sop_uid
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _add_object(obj, result, seen_sop, by_series, series_meta, others)
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the scan
+            skipped.append(Skipped(obj.display, f"unusable DICOM header: {type(exc).__name__}: {exc}"))
 
     for key, frames in by_series.items():
-        result.series.extend(_split_series(key, frames, series_meta[key], skipped))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result.series.extend(_split_series(key, frames, series_meta[key], skipped))
+        except Exception as exc:  # noqa: BLE001 - a bad stack is reported, the others load
+            for f in sorted({f.display_path or f.path for f in frames}):
+                skipped.append(Skipped(f, f"series {key[1] or '(no UID)'} could not be stacked: {type(exc).__name__}: {exc}"))
+    patients = defaultdict(set)
+    for s in result.series:
+        patients[(s.study_instance_uid, s.series_instance_uid)].add(s.info.patient_id)
+    for s in result.series:
+        ids = patients[(s.study_instance_uid, s.series_instance_uid)]
+        if len(ids) > 1:
+            s.warnings.insert(0, f"images of {len(ids)} patients share this Study/Series Instance UID; split by "
+                                 f"Patient ID (this one: {s.info.patient_id or '(none)'})")
     result.series.extend(others.values())
-    result.series.sort(key=lambda s: (s.study_instance_uid, s.info.series_number.zfill(6), s.series_instance_uid, s.stack_label))
+    result.series.sort(key=lambda s: (s.study_instance_uid, s.info.series_number.zfill(6), s.series_instance_uid,
+                                      s.info.patient_id, s.stack_label))
+
+
+def _add_object(obj: _Obj, result: ScanResult, seen_sop, by_series, series_meta, others) -> None:
+    """Sort one file's header into a series (or ``skipped``); raises for headers too broken to read."""
+    skipped = result.skipped
+    ds = obj.ds
+    sop_class = _str(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    sop_uid = _str(ds, "SOPInstanceUID") or str(ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
+    if sop_class == "1.2.840.10008.1.3.10":  # a nested DICOMDIR
+        skipped.append(Skipped(obj.display, "DICOMDIR index (not an image; the files it lists are scanned)"))
+        return
+    if not sop_class or not sop_uid:
+        skipped.append(Skipped(obj.display, "no SOP Class UID / SOP Instance UID (0008,0016/0018)"))
+        return
+    if sop_uid in seen_sop:
+        skipped.append(Skipped(obj.display, f"duplicate SOP Instance UID {sop_uid} (same as {seen_sop[sop_uid]})"))
+        return
+    seen_sop[sop_uid] = obj.display
+    study = _str(ds, "StudyInstanceUID")
+    series = _str(ds, "SeriesInstanceUID")
+    key = (study, series, _str(ds, "PatientID"))  # two patients never share a volume
+    modality = _str(ds, "Modality")
+    if is_non_image(sop_class) or "PixelData" not in ds and sop_class not in VOLUME_CLASSES:
+        okey = (study, series, sop_class)
+        if okey not in others:
+            others[okey] = SeriesEntry(
+                study, series, modality, _str(ds, "SeriesDescription"), sop_class,
+                info=_info_from(ds, obj.display), kind="non-image",
+            )
+        others[okey].files.append(obj.display)
+        return
+    if "PixelData" not in ds:
+        skipped.append(Skipped(obj.display, "image SOP Class but no Pixel Data (7FE0,0010)"))
+        return
+    offset, length, problem = _pixel_location(ds, obj.path)
+    if problem:
+        skipped.append(Skipped(obj.display, problem))
+        return
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1))
+    try:
+        if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            frames = _frames_from_multiframe(ds, obj.path, obj.display)
+        else:
+            frames = _frames_from_single(ds, obj.path, obj.display)
+    except HeaderProblem as exc:
+        skipped.append(Skipped(obj.display, str(exc)))
+        return
+    except Exception as exc:
+        skipped.append(Skipped(obj.display, f"unusable image header: {type(exc).__name__}: {exc}"))
+        return
+    if spp != 1 or any(f.position is None or f.orientation is None for f in frames):
+        why = "colour image" if spp != 1 else "no Image Position/Orientation (Patient)"
+        okey = (study, series, sop_class)
+        if okey not in others:
+            others[okey] = SeriesEntry(
+                study, series, modality, _str(ds, "SeriesDescription"), sop_class,
+                info=_info_from(ds, obj.display), kind="image",
+                warnings=[f"2-D images only ({why}); not stacked into a volume"],
+            )
+        others[okey].files.append(obj.display)
+        return
+    by_series[key].extend(frames)
+    if key not in series_meta:
+        series_meta[key] = {"ds": ds, "display": obj.display, "sop_class": sop_class}
+    for f in frames:
+        f.sop_instance_uid = f.sop_instance_uid or sop_uid
 
 
 def _stack_key(f: FrameRef):
@@ -536,7 +888,13 @@ def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped
             if slab_note:
                 parts.append(slab_note)
             entry.stack_label = f"{idx}/{len(stacks)}" + (f" ({', '.join(parts)})" if parts else "")
-        geom, ordered, dups = compute_stack_geometry(members)
+        try:
+            geom, ordered, dups = compute_stack_geometry(members)
+        except Exception as exc:  # noqa: BLE001 - this stack is reported, the others still load
+            for path in sorted({f.display_path or f.path for f in members}):
+                skipped.append(Skipped(path, f"stack {idx}/{len(stacks)} of series {key[1] or '(no UID)'} has unusable "
+                                             f"geometry: {type(exc).__name__}: {exc}"))
+            continue
         for f, reason in dups:
             skipped.append(Skipped(f.shown_path, reason))
         entry.frames = ordered

@@ -23,11 +23,56 @@ from .discovery import FrameRef, SeriesEntry, Skipped, _NATIVE_LE
 from .parallel import decode_pool
 from .volume import Volume
 
-__all__ = ["LoadProgress", "iter_load", "load_series", "LoadError", "decode_frame", "output_dtype"]
+__all__ = ["LoadProgress", "iter_load", "load_series", "LoadError", "decode_frame", "output_dtype", "memory_budget"]
 
 
 class LoadError(RuntimeError):
     """A series could not be turned into a volume (message names the series and the cause)."""
+
+
+def memory_budget() -> int:
+    """Bytes a volume may take: ``MemAvailable`` (/proc/meminfo) and, when set, what is left of
+    the address-space limit (``RLIMIT_AS``), whichever is smaller; 8 GiB where neither is known.
+    """
+    budget = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    budget = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = 0
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+            left = max(soft - used, 0)
+            budget = left if budget is None else min(budget, left)
+    except (ImportError, OSError, ValueError):
+        pass
+    return budget if budget is not None else 8 << 30
+
+
+def _check_fits(entry: SeriesEntry, n: int, rows: int, cols: int, dtype: np.dtype) -> None:
+    """Refuse (``LoadError``) a volume whose arrays would not fit in memory, before allocating."""
+    geom = entry.geometry
+    need = n * rows * cols * dtype.itemsize
+    out_voxels = int(np.prod([int(v) for v in geom.size], dtype=np.float64))
+    if geom.tilt_direction is not None or geom.resample_positions is not None:
+        need += out_voxels * max(dtype.itemsize, 4)  # the resampled copy (float32 at worst)
+    budget = memory_budget()
+    if need > 0.8 * budget:
+        raise LoadError(
+            f"series {entry.series_instance_uid or '(no UID)'}: {n} slice(s) of {rows}x{cols} need "
+            f"{need / 2**30:.2f} GiB, more than the {budget / 2**30:.2f} GiB of memory available; not loaded"
+        )
 
 
 @dataclass
@@ -153,7 +198,12 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
     mid = n // 2
     f0 = frames[0]
     out_dtype = output_dtype(frames)
-    vol = np.empty((n, f0.rows, f0.cols), dtype=out_dtype)
+    _check_fits(entry, n, f0.rows, f0.cols, out_dtype)
+    try:
+        vol = np.empty((n, f0.rows, f0.cols), dtype=out_dtype)
+    except MemoryError:
+        raise LoadError(f"series {entry.series_instance_uid or '(no UID)'}: not enough memory for {n} slice(s) of "
+                        f"{f0.rows}x{f0.cols}") from None
     ok = np.zeros(n, dtype=bool)
     skipped: list[Skipped] = []
 
@@ -228,6 +278,16 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
             resample_to = np.linspace(geom.source_positions[0], geom.source_positions[-1], n)
 
     yield LoadProgress(n, n, "assembling volume")
+    try:
+        volume = _assemble(entry, geom, frames, vol, good, positions, resample_to, info, warnings, n)
+    except (ValueError, ArithmeticError, MemoryError, RuntimeError) as exc:  # geometry the grid cannot hold
+        raise LoadError(f"series {entry.series_instance_uid or '(no UID)'}: cannot build the volume "
+                        f"({type(exc).__name__}: {exc})") from None
+    volume.skipped = skipped  # type: ignore[attr-defined]
+    return volume
+
+
+def _assemble(entry, geom, frames, vol, good, positions, resample_to, info, warnings, n) -> Volume:
     spacing = geom.spacing
     origin = geom.origin
     direction = geom.direction
@@ -243,9 +303,7 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
         direction = np.column_stack([geom.direction[:, 0], geom.direction[:, 1], normal])
         if good.size < n and geom.resample_positions is None:
             warnings.append(f"resampled to a uniform {step:.4g} mm grid across the missing slice(s)")
-    volume = Volume(vol, spacing=spacing, origin=origin, direction=direction, info=info, warnings=warnings)
-    volume.skipped = skipped  # type: ignore[attr-defined]
-    return volume
+    return Volume(vol, spacing=spacing, origin=origin, direction=direction, info=info, warnings=warnings)
 
 
 def _decode_many(frames: list[FrameRef]) -> list[tuple[np.ndarray | None, str | None]]:

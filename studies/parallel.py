@@ -8,12 +8,55 @@ runs Qt threads), sized to the CPU count, and reused by every later load so its 
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["decode_pool", "shutdown_pool"]
+__all__ = ["decode_pool", "shutdown_pool", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    Safe to call in a ``preexec_fn`` or a pool initializer; returns ``False`` where prctl is not
+    available (not Linux), ``True`` otherwise.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(owner: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except OSError:
+            pass
+
+
+def _worker_init(owner: int) -> None:
+    """Pool initializer: a decode worker never outlives the process that owns the pool.
+
+    The worker's parent is the forkserver, which exits when the owner does, so
+    ``PR_SET_PDEATHSIG`` ends the worker then; a watchdog thread checks the owner's PID as well
+    (the owner may be killed with SIGKILL, when no cleanup code runs).
+    """
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != owner:
+        threading.Thread(target=_watch, args=(owner,), daemon=True, name="owner-watch").start()
 
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
@@ -29,11 +72,14 @@ def decode_pool() -> ProcessPoolExecutor | None:
         if _pool is None:
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             ctx = multiprocessing.get_context(method)
-            _pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+            _pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                        initargs=(os.getpid(),))
         return _pool
 
 
+@atexit.register
 def shutdown_pool() -> None:
+    """Stop the pool's workers (also run at interpreter exit)."""
     global _pool
     with _lock:
         if _pool is not None:

@@ -40,6 +40,7 @@ class StudyInfo:
     window_width: float | None = None
     source: str = ""
     invert_grayscale: bool = False  # MONOCHROME1 (PS3.3 C.7.6.3.1.2)
+    frame_of_reference_uid: str = ""  # (0020,0052) Frame of Reference UID; "" for NIfTI/NRRD/MHA
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -88,3 +88,12 @@ def pixel_sum_equal(a: np.ndarray, b: np.ndarray) -> bool:
 def _private_review_db(tmp_path_factory, monkeypatch):
     """Every test gets its own review database; the user's is never touched."""
     monkeypatch.setenv("RADREVIEW_DB", str(tmp_path_factory.mktemp("db") / "review.sqlite"))
+    # the audit HMAC key and the remembered reviewer live in the user config folder: a private one too
+    monkeypatch.setenv("RADREVIEW_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(autouse=True)
+def _private_user_data(tmp_path_factory, monkeypatch):
+    """Every test gets its own user data folder (quantized/user model packages); the user's is never touched."""
+    monkeypatch.setenv("RADREVIEW_DATA_DIR", str(tmp_path_factory.mktemp("userdata")))
+    monkeypatch.delenv("RADREVIEW_MODELS_PATH", raising=False)

@@ -171,7 +171,8 @@ def test_cli_models_list_and_verify():
     assert p.returncode == 0, p.stderr
     items = json.loads(p.stdout)
     m = next(x for x in items if x["id"] == MODEL)
-    assert set(m) == {"id", "version", "task", "modality", "labels"} and m["task"] == "segmentation"
+    assert set(m) == {"id", "version", "task", "modality", "labels", "source", "path"} and m["task"] == "segmentation"
+    assert m["source"] == "shipped"
     p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "models", "verify", MODEL], capture_output=True, text=True)
     assert p.returncode == 0 and "OK" in p.stdout
     p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "models", "verify", "no-such-model"], capture_output=True, text=True)
@@ -210,3 +211,134 @@ def test_models_quantize_records_measured_deltas(tmp_path, data_dir):
     assert agree["lungs"] >= 0.95
     assert load_package(d, check_hashes=True).verify() == []  # new INT8 file, hash recorded
     assert len(old) == 64
+
+
+def test_every_slice_segmented_on_heldout(heldout_results, data_dir):
+    """Regression: the last slice (z = 19) came back empty (the model grid's last plane lay
+    1 mm past the last slice centre and was resampled as air)."""
+    vol, r32, r8 = heldout_results
+    ts = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct-abdomen-dicom/totalsegmentator_labels.nii.gz")))
+    assert int((ts[-1] == 5).sum()) > 10000  # the reference has liver on the last slice
+    for r in (r32, r8):
+        body = [int((r.labels[k] == 1).sum()) for k in range(vol.array.shape[0])]
+        assert min(body) > 0.5 * max(body), body
+        assert int((r.labels[-1] == 3).sum()) > 5000  # liver found on the last slice too
+        assert not np.any(r.max_prob[-1] == 0)
+
+
+def _geometry_cases():
+    rot = sitk.VersorTransform((0, 0, 1), 0.3).GetMatrix()
+    return {"identity": np.eye(3), "RAS flips": np.diag([-1.0, -1.0, 1.0]),
+            "axes swapped": np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]),
+            "oblique": np.array(rot, float).reshape(3, 3)}
+
+
+@pytest.mark.parametrize("case", list(_geometry_cases()))
+def test_fast_label_mapping_equals_channelwise_resample(case, ct_series):
+    """The label map / max probability mapped from the model grid without resampling every
+    channel equals the argmax / max of the linearly resampled channels (ITK), whatever the
+    study's axis order and flips; an oblique study takes the per-channel path."""
+    from radreview.inference import segment as sg
+    from radreview.studies.volume import Volume
+
+    src = open_volume(ct_series)
+    vol = Volume(np.ascontiguousarray(src.array[:, 150:350, 100:300]), src.spacing, src.origin, _geometry_cases()[case])
+    grid = sg.to_model_grid(vol, (2.0, 2.0, 3.0), extrapolate=True)
+    shape = sitk.GetArrayViewFromImage(grid).shape
+    rng = np.random.default_rng(0)
+    # smooth logits from the model-grid intensities plus noise: several labels with boundaries
+    hu = sitk.GetArrayFromImage(grid)
+    logits = np.stack([-hu / 300.0, hu / 300.0, (hu - 40) ** 2 / -5000.0 + 1, rng.normal(0, 0.7, shape)]).astype(np.float32)
+    prob = np.exp(logits - logits.max(axis=0))
+    prob /= prob.sum(axis=0)
+    lut = np.array([0, 1, 3, 6])
+    ref = vol.to_sitk()
+    amap = sg._axis_map(vol, grid)
+    assert (amap is None) == (case == "oblique")
+    lab_s, best_s = drain_gen(sg._map_labels_sitk(prob, grid, ref, lut, np.uint8, vol.array.shape))
+    if amap is None:
+        return
+    cm = sg._CellMap(prob, *amap, lut, np.uint8)
+    drain_gen(cm.iter_labels(with_best=True))
+    lab_f, best_f = cm.lab, cm.best
+    assert (cm.cell == cm.MIXED).any() and (cm.cell != cm.MIXED).any()
+    np.testing.assert_array_equal(cm.best_full(), best_f)
+    # per-label sums from the model grid equal the direct sums over the study grid
+    tab = cm.uniform_stats() + cm.acc
+    zz, yy, xx = np.indices(lab_f.shape)
+    for c, idx in enumerate(lut):
+        m = lab_f == idx
+        b = best_f.astype(float)  # float16-rounded: compare with a tolerance
+        assert tab[0, c] == pytest.approx(m.sum(), abs=0.5)
+        assert tab[1, c] == pytest.approx(b[m].sum(), rel=1e-3, abs=1)
+        for row, ix in ((2, zz), (3, yy), (4, xx)):
+            assert tab[row, c] == pytest.approx(ix[m].sum(), rel=1e-9, abs=1e-6)
+    assert lab_f.shape == vol.array.shape and set(np.unique(lab_f)) <= set(lut.tolist())
+    assert (lab_f == lab_s).mean() > 0.9999
+    assert len(np.unique(lab_f)) >= 3
+    np.testing.assert_allclose(best_f.astype(np.float32), best_s.astype(np.float32), atol=2e-3)
+
+
+def drain_gen(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_entropy_is_mapped_on_first_read(pkg, data_dir):
+    vol = open_volume(data_dir / "ct-abdomen-nifti/ct_30slices.nii.gz")
+    r = segment(vol, pkg, "int8", 2)  # segment() defers the entropy and max-probability maps
+    assert set(r.sources) == {"entropy", "max_prob"} and r.__dict__.get("_entropy") is None
+    e = r.entropy
+    assert set(r.sources) == {"max_prob"} and e.shape == vol.array.shape and e.dtype == np.float16
+    assert r.entropy is e
+    # uncertainty is higher on the body's outline than deep inside it
+    body = r.labels > 0
+    inner = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(body.astype(np.uint8)), (3, 3, 0))) > 0
+    assert float(e[body & ~inner].astype(np.float32).mean()) > 2 * float(e[inner].astype(np.float32).mean())
+    eager = drain_gen(iter_segment(vol, pkg, "int8", 2))  # the worker-thread form maps it at once
+    assert eager.sources == {} and eager.__dict__["_entropy"] is not None
+    np.testing.assert_array_equal(eager.labels, r.labels)
+    np.testing.assert_array_equal(eager.max_prob, r.max_prob)
+    np.testing.assert_array_equal(eager.entropy, r.entropy)
+    assert [s.as_dict() for s in eager.stats] == [s.as_dict() for s in r.stats]
+
+
+def test_label_stats_match_the_label_map(heldout_results):
+    """Counts, confidence and centroids (summed on the model grid, LCC-dropped voxels moved
+    to the body) equal what the returned label map and max-probability map give."""
+    vol, r32, r8 = heldout_results
+    for r in (r32, r8):
+        mp = r.max_prob.astype(np.float64)
+        for st in r.stats:
+            m = r.labels == st.index
+            assert st.voxels == int(m.sum()), st.name
+            if st.voxels:
+                assert st.confidence == pytest.approx(float(mp[m].mean()), abs=2e-4), st.name
+                zyx = np.argwhere(m).mean(axis=0)
+                np.testing.assert_allclose(st.centroid_lps, vol.index_to_lps(zyx[::-1]), atol=1e-3)
+
+
+def test_oblique_study_takes_the_channelwise_path(pkg, heldout_results):
+    """A study whose axes are rotated against LPS is mapped channel by channel (ITK); its
+    statistics come from the returned maps and agree with them."""
+    from radreview.studies.volume import Volume
+
+    src = heldout_results[0]
+    rot = np.array(sitk.VersorTransform((0, 0, 1), 0.3).GetMatrix()).reshape(3, 3)
+    vol = Volume(np.ascontiguousarray(src.array[:, 100:400, 100:400]), src.spacing, src.origin, rot, src.info)
+    r = segment(vol, pkg, "int8", 2)
+    assert r.labels.shape == vol.array.shape and r.sources.keys() == {"entropy"}
+    mp = r.max_prob.astype(np.float64)
+    found = 0
+    for st in r.stats:
+        m = r.labels == st.index
+        assert st.voxels == int(m.sum()), st.name
+        if st.voxels:
+            found += 1
+            assert st.confidence == pytest.approx(float(mp[m].mean()), abs=2e-4)
+            np.testing.assert_allclose(st.centroid_lps, vol.index_to_lps(np.argwhere(m).mean(axis=0)[::-1]), atol=1e-3)
+    assert found >= 3
+    assert all((r.labels[k] == 1).any() for k in range(vol.array.shape[0]))

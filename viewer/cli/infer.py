@@ -17,7 +17,8 @@ def _infer(args) -> int:
     if not os.path.exists(args.path):
         raise CliError(f"{args.path}: no such file or folder")
     try:
-        findings = run_infer(args.path, args.model, args.out, precision=args.precision, threads=args.threads)
+        findings = run_infer(args.path, args.model, args.out, precision=args.precision, threads=args.threads,
+                             notify=lambda w: print(f"radreview: warning: {w}", file=sys.stderr))
     except (PackageError, LoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(findings))

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
 from . import CliError
+
+
+def json_safe(value):
+    """``value`` with every NaN/Inf float replaced by ``None`` (JSON has no NaN, RFC 8259 6)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _info(args) -> int:
@@ -33,7 +45,9 @@ def _info(args) -> int:
         finally:
             result.cleanup()
     if args.json:
-        print(json.dumps(data))
+        print(json.dumps(json_safe(data), allow_nan=False))
+        if not data["series"]:
+            raise CliError(f"{path}: no DICOM series found")
         return 0
     for s in data["series"]:
         geo = ""

@@ -20,7 +20,8 @@ def _models(args) -> int:
                 print(json.dumps(items))
             else:
                 for m in items:
-                    print(f"{m['id']} {m['version']}  {m['task']}  {'/'.join(m['modality'])}  labels: {', '.join(m['labels'])}")
+                    print(f"{m['id']} {m['version']}  {m['task']}  {'/'.join(m['modality'])}  labels: {', '.join(m['labels'])}"
+                          f"  [{m['source']}: {m['path']}]")
             return 0
         if args.models_cmd == "verify":
             problems = models_verify(args.id)
@@ -29,7 +30,11 @@ def _models(args) -> int:
             print(f"{args.id}: schema and SHA-256 of every file OK")
             return 0
         if args.models_cmd == "quantize":
-            print(json.dumps(models_quantize(args.id, args.calibration, threads=args.threads), indent=1))
+            rec = models_quantize(args.id, args.calibration, threads=args.threads)
+            print(json.dumps(rec, indent=1))
+            from radreview.inference.package import load_package
+
+            print(f"quantized package written to {load_package(args.id).root}", file=sys.stderr)
             return 0
         if args.models_cmd == "bench":
             print(json.dumps(models_bench(args.id, threads=args.threads, repeats=args.repeats), indent=1))

@@ -6,6 +6,8 @@ Usage: ``xvfb-run -a python -m benchmarks.bench_view [--repeats 5] [--steps 200]
    the first (middle) slice has been rendered, median of repeats, and until the whole volume
    is shown. Peer: SimpleITK's time to read the whole series (a reader without a preview must
    wait for it).
+   (``--real-layout``: the default 2x2 layout with the 3D view, overlays, markers and a heatmap
+   on the real chest CT after Run AI instead; see ``benchmarks/bench_gui.py``.)
 2. Slice-change render time at a 512x512 viewport: one wheel step (model update, W/L, texture
    upload, render) timed per step, median and p95. Peer in the same run: the stock VTK pipeline
    ``vtkImageReslice`` -> ``vtkImageMapToWindowLevelColors`` -> ``vtkImageActor`` rendering the
@@ -171,10 +173,21 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--real-layout", action="store_true",
+                   help="measure slice changes in the default 2x2 layout with the 3D view, segmentation, "
+                        "markers and a heatmap on the real chest CT after Run AI (benchmarks.bench_gui)")
     args = p.parse_args(argv)
     from radreview.viewer.xvfb import ensure_display
 
     ensure_display()
+    if args.real_layout:
+        from benchmarks.bench_gui import DEFAULT_SERIES, run
+
+        res = run(DEFAULT_SERIES, min(args.steps, 100))
+        for label, r in res["scroll"].items():
+            print(f"slice change, 2x2 + 3D ({label.replace('_', ' ')}) + overlays + markers + heatmap: "
+                  f"median {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms (CPU {r.get('cpu_p50_ms', float('nan')):.1f} ms)")
+        return
     from benchmarks.bench_load import load_sitk, timed
     from benchmarks.data import big_series
 

@@ -1,31 +1,89 @@
-"""Findings, confidence flags and the sign-off rule — the review logic, GUI-free.
+"""Findings, their review states and the sign-off rule — the review gate, GUI-free.
 
-Every AI output becomes a :class:`Finding` with its calibrated confidence: each segmented
-label, the study-level classification and each candidate region. A finding whose confidence is
-below its threshold (the model card's ``review_policy``, or a logged override from the store)
-is flagged **Needs review**. :class:`ReviewSession` records decisions (accept, reject, edit)
-and refuses sign-off while any flagged finding has no decision, listing them.
+Every AI output becomes a :class:`Finding`: each segmented label, the study-level
+classification and each listed candidate region. Its :attr:`Finding.status` is one of four
+:class:`FindingStatus` states:
+
+* **Needs review** — confidence below the review threshold, or no usable result (an empty label,
+  a non-finite confidence, no threshold in the card): a decision is required.
+* **AI positive** — a confident positive finding (a segmented organ, a nodule answer at or above
+  the card's operating threshold): the reviewer confirms or rejects it before sign-off.
+* **AI negative** — a confident negative answer: no action needed.
+* **Not assessed** — the label cannot be in this scan (its body region is outside the scan's
+  coverage, or its volume is below the card's plausible minimum); listed with the reason, never
+  flagged (:mod:`radreview.review.plausibility`).
+
+:class:`ReviewSession` records decisions and signs a study off. Sign-off is refused while a
+Needs review or AI positive finding has no decision; it closes the study (later decisions are
+addenda with a reason and need a new sign-off); a second sign-off with nothing changed is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
-from .store import DECISIONS, ReviewStore
+import numpy as np
 
-__all__ = ["finding_from_dict", "Finding", "SignOffRefused", "ReviewSession", "findings_from_segmentation",
-           "findings_from_classification", "study_key"]
+from .store import DECISIONS, ReviewStore, StudyLocked
+
+__all__ = ["FindingStatus", "finding_from_dict", "Finding", "SignOffRefused", "StudyLocked", "PackageChanged",
+           "ReviewSession", "findings_from_segmentation", "findings_from_classification", "study_key",
+           "study_key_info", "StudyKey", "DEFAULT_OPERATING_THRESHOLD"]
+
+#: Operating threshold on the probability when a classification card states none (the usual 0.5).
+DEFAULT_OPERATING_THRESHOLD = 0.5
+
+
+class FindingStatus(str, Enum):
+    """Review state of one finding (the value is the ``status`` string of the CLI's JSON)."""
+
+    NEEDS_REVIEW = "needs_review"
+    AI_POSITIVE = "ai_positive"
+    AI_NEGATIVE = "ai_negative"
+    NOT_ASSESSED = "not_assessed"
+
+    @property
+    def label(self) -> str:
+        """Human name shown in the review panel."""
+        return {"needs_review": "Needs review", "ai_positive": "AI positive", "ai_negative": "AI negative",
+                "not_assessed": "Not assessed"}[self.value]
+
+    @property
+    def requires_decision(self) -> bool:
+        """Needs review and AI positive findings must be decided before sign-off."""
+        return self in (FindingStatus.NEEDS_REVIEW, FindingStatus.AI_POSITIVE)
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
 
 
 @dataclass
 class Finding:
     """One AI output to review. ``id`` is stable across runs: ``"<model>:<name>"``.
 
-    ``confidence`` is the calibrated probability (segmentation: mean max-softmax inside the
-    region; classification: temperature-scaled probability), ``threshold`` the review
-    threshold in force; ``details`` holds volume (mL), centre (LPS mm), size (mm)...
+    Two numbers, two meanings:
+
+    * ``probability`` (classification and candidates only): the calibrated probability that the
+      answer to the card's question is *yes* (``ct-nodule-2p5d``: a solid nodule >= 6 mm; the
+      temperature-scaled, size-gated score of :mod:`radreview.inference.classify`). Compared
+      with ``operating_threshold`` (the card's ``review_policy.decision_threshold``) it gives
+      the answer: positive at or above it, negative below.
+    * ``confidence``: how sure the model is of the answer it gives, whatever that answer is,
+      0..1. Classification: ``max(p, 1 - p)`` of that probability (a p 0.03 candidate is a
+      confident *no*, confidence 0.97). Segmentation: the mean max-softmax probability inside
+      the label's region (how sure each voxel's label is, averaged; not temperature-calibrated
+      for ``ct-organs-2p5d``). Compared with ``threshold`` (the card's
+      ``review_policy.confidence_threshold``, or a logged override) it decides whether a human
+      must look: below it the finding is **Needs review**.
+
+    ``details`` holds ``volume_ml``, ``voxels``, ``center_lps`` (LPS mm), ``size_mm``,
+    ``diameter_mm`` and whatever else the model reports (passed through unchanged).
+    ``not_assessed`` is the reason the label cannot be in this scan (``None`` when assessed).
     """
 
     id: str
@@ -35,116 +93,367 @@ class Finding:
     confidence: float | None
     threshold: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    probability: float | None = None
+    operating_threshold: float | None = None
+    not_assessed: str | None = None
+
+    def __post_init__(self) -> None:
+        # older callers put a classification's probability in details: read it from there
+        if self.probability is None and self.kind != "segmentation" and "probability" in self.details:
+            self.probability = self.details["probability"]
+
+    # ------------------------------------------------------------------ the gate
+    @property
+    def status(self) -> FindingStatus:
+        """The review state (see the module docstring); empty or non-finite results are Needs review."""
+        if self.not_assessed:
+            return FindingStatus.NOT_ASSESSED
+        if self.problem is not None:
+            return FindingStatus.NEEDS_REVIEW
+        if float(self.confidence) < float(self.threshold):
+            return FindingStatus.NEEDS_REVIEW
+        if self.kind == "segmentation":
+            return FindingStatus.AI_POSITIVE  # the organ is present and segmented: confirm it
+        op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else float(self.operating_threshold)
+        return FindingStatus.AI_POSITIVE if float(self.probability) >= op else FindingStatus.AI_NEGATIVE
+
+    @property
+    def problem(self) -> str | None:
+        """Why the result itself is unusable (then the finding is Needs review), else ``None``."""
+        if self.kind == "segmentation" and self.details.get("voxels") == 0:
+            return f"empty result: no {self.name} voxels segmented"
+        if self.confidence is None:
+            return "no confidence reported"
+        if not _finite(self.confidence):
+            return f"confidence is not a finite number ({self.confidence})"
+        if self.threshold is None or not _finite(self.threshold):
+            return "no review threshold for it in the model card"
+        if self.kind != "segmentation":
+            if self.probability is None or not _finite(self.probability):
+                return f"probability is not a finite number ({self.probability})"
+        return None
+
+    @property
+    def reason(self) -> str:
+        """One line: why the finding is in its state."""
+        st = self.status
+        if st is FindingStatus.NOT_ASSESSED:
+            return str(self.not_assessed)
+        if self.problem:
+            return self.problem
+        if st is FindingStatus.NEEDS_REVIEW:
+            return f"confidence {self.confidence:.3f} < threshold {self.threshold:.2f}"
+        if self.kind == "segmentation":
+            return f"segmented with confidence {self.confidence:.3f} >= {self.threshold:.2f}: confirm or reject"
+        op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else self.operating_threshold
+        rel = ">=" if st is FindingStatus.AI_POSITIVE else "<"
+        return f"p {self.probability:.2f} {rel} operating threshold {op:.2f}, confidence {self.confidence:.3f}"
 
     @property
     def needs_review(self) -> bool:
-        """Flagged: below its threshold, or without a confidence at all."""
-        if self.threshold is None:
-            return False
-        return self.confidence is None or self.confidence < self.threshold
+        """Low confidence or unusable result (status Needs review)."""
+        return self.status is FindingStatus.NEEDS_REVIEW
+
+    @property
+    def requires_decision(self) -> bool:
+        """Must be decided before sign-off (Needs review or AI positive)."""
+        return self.status.requires_decision
+
+    @property
+    def answer(self) -> str:
+        """The finding in words, e.g. ``"Nodule >= 6 mm: yes, p 0.92"`` or ``"liver: segmented, 1500 mL"``."""
+        st = self.status
+        if st is FindingStatus.NOT_ASSESSED:
+            return f"{self.name}: not assessed ({self.not_assessed})"
+        if self.kind == "segmentation":
+            if self.details.get("voxels") == 0:
+                return f"{self.name}: not found"
+            vol = self.details.get("volume_ml")
+            return f"{self.name}: segmented" + (f", {vol:g} mL" if vol is not None else "")
+        label = self.details.get("answer_label") or self.details.get("question") or self.name
+        if self.kind == "candidate":
+            label = f"{self.name}" + (f" ({self.details['size_mm']:g} mm)" if self.details.get("size_mm") is not None else "")
+        if self.probability is None or not _finite(self.probability):
+            return f"{label}: no answer (probability {self.probability})"
+        op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else self.operating_threshold
+        word = "yes" if self.probability >= op else "no"
+        unsure = ", uncertain" if st is FindingStatus.NEEDS_REVIEW else ""
+        return f"{label}: {word}, p {self.probability:.2f}{unsure}"
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "model": self.model_id, "kind": self.kind, "name": self.name,
-                "confidence": self.confidence, "threshold": self.threshold,
-                "needs_review": self.needs_review, **{k: v for k, v in self.details.items()}}
+        """JSON-ready: the core fields, ``status`` (a :class:`FindingStatus` value), ``reason``,
+        ``answer``, ``needs_review`` (kept for older readers) and the details flattened in."""
+        d = {"id": self.id, "model": self.model_id, "kind": self.kind, "name": self.name,
+             "confidence": None if self.confidence is None or not _finite(self.confidence) else float(self.confidence),
+             "threshold": self.threshold, "status": self.status.value, "reason": self.reason, "answer": self.answer,
+             "needs_review": self.needs_review}
+        if self.kind != "segmentation" or self.probability is not None:
+            d["probability"] = None if self.probability is None or not _finite(self.probability) else float(self.probability)
+            d["operating_threshold"] = self.operating_threshold
+        if self.not_assessed:
+            d["not_assessed"] = self.not_assessed
+        if self.confidence is not None and not _finite(self.confidence):
+            d["confidence_raw"] = str(self.confidence)
+        return {**d, **{k: v for k, v in self.details.items() if k not in d}}
+
+
+_CORE = {"id", "model", "kind", "name", "confidence", "threshold", "needs_review", "status", "reason", "answer",
+         "probability", "operating_threshold", "not_assessed", "confidence_raw", "decision"}
 
 
 def finding_from_dict(d: dict) -> Finding:
     """Inverse of :meth:`Finding.as_dict` (used to restore a study's findings from the store)."""
-    core = {"id", "model", "kind", "name", "confidence", "threshold", "needs_review"}
-    return Finding(d["id"], d["model"], d["kind"], d["name"], d.get("confidence"), d.get("threshold"),
-                   {k: v for k, v in d.items() if k not in core})
+    conf = d.get("confidence")
+    if conf is None and d.get("confidence_raw"):
+        conf = float(d["confidence_raw"])  # "nan" stays NaN, so the restored finding is still Needs review
+    return Finding(d["id"], d["model"], d["kind"], d["name"], conf, d.get("threshold"),
+                   {k: v for k, v in d.items() if k not in _CORE}, probability=d.get("probability"),
+                   operating_threshold=d.get("operating_threshold"), not_assessed=d.get("not_assessed"))
 
 
 class SignOffRefused(RuntimeError):
-    """Sign-off refused: ``pending`` lists the flagged findings without a decision."""
+    """Sign-off refused: ``pending`` lists the findings that still need a decision (may be empty
+    when the refusal has another reason, e.g. nothing changed since the last sign-off)."""
 
-    def __init__(self, pending: list[Finding]) -> None:
+    def __init__(self, pending: list[Finding], message: str | None = None) -> None:
         self.pending = pending
-        names = ", ".join(f"{f.id} (confidence {f.confidence if f.confidence is None else round(f.confidence, 3)} "
-                          f"< {f.threshold})" for f in pending)
-        super().__init__(f"sign-off refused: {len(pending)} flagged finding(s) need a decision: {names}")
+        if message is None:
+            names = ", ".join(f"{f.id} ({f.status.label}: {f.reason})" for f in pending)
+            message = f"sign-off refused: {len(pending)} finding(s) need a decision: {names}"
+        super().__init__(message)
+
+
+class PackageChanged(RuntimeError):
+    """The installed model package differs from the one this study was reviewed under."""
+
+
+# ---------------------------------------------------------------------- study keys
+@dataclass(frozen=True)
+class StudyKey:
+    """``key`` identifies a study in the store; ``weak`` says (in words) why it is not a UID, or ``None``."""
+
+    key: str
+    weak: str | None = None
+
+
+def study_key_info(volume) -> StudyKey:
+    """The store key of a study, never derived from its path.
+
+    *Study Instance UID* (0020,000D) when present (``study:<uid>``). Otherwise a SHA-256 of the
+    voxel data (shape, dtype, bytes), the grid (spacing, origin, direction rounded to 1e-4 mm)
+    and the Patient ID (``content:<hash>``), and ``weak`` explains it: a re-saved or resampled
+    copy of the same scan gets another key, while the same file opened by another path, or
+    another patient's scan copied over it, is told apart correctly.
+    """
+    cached = getattr(volume, "_radreview_study_key", None)
+    if cached is not None and cached[0] == id(volume.array):
+        return cached[1]
+    info = volume.info
+    if info.study_instance_uid:
+        out = StudyKey(f"study:{info.study_instance_uid}")
+    else:
+        h = hashlib.sha256()
+        arr = np.ascontiguousarray(volume.array)
+        h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+        h.update(np.round(np.r_[volume.spacing, volume.origin, np.asarray(volume.direction).ravel()], 4).tobytes())
+        h.update(f"|patient:{info.patient_id}|".encode())
+        h.update(memoryview(arr).cast("B"))
+        out = StudyKey("content:" + h.hexdigest()[:32],
+                       "no Study Instance UID: decisions are keyed by a hash of the pixel data"
+                       + (" and Patient ID" if info.patient_id else " (no Patient ID either)")
+                       + "; a re-saved or resampled copy of this scan is a different study")
+    try:
+        object.__setattr__(volume, "_radreview_study_key", (id(volume.array), out))
+    except (AttributeError, TypeError):
+        pass
+    return out
 
 
 def study_key(volume) -> str:
-    """Stable key of a study: Study Instance UID, else Series Instance UID, else a hash of its source."""
-    info = volume.info
-    if info.study_instance_uid:
-        return f"study:{info.study_instance_uid}"
-    if info.series_instance_uid:
-        return f"series:{info.series_instance_uid}"
-    return "source:" + hashlib.sha256(str(info.source).encode()).hexdigest()[:16]
+    """Stable store key of a study (see :func:`study_key_info`)."""
+    return study_key_info(volume).key
 
 
+# ---------------------------------------------------------------------- findings from results
 def _threshold(policy: dict, overrides: dict, name: str) -> float | None:
     if name in overrides:
         return overrides[name]
     return policy.get(name)
 
 
-def findings_from_segmentation(result, package, overrides: dict[str, float] | None = None) -> list[Finding]:
-    """One finding per segmented label present (or expected by the policy), with its threshold."""
+def _jsonable(v):
+    if isinstance(v, (str, bool)) or v is None:
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(float(v)) else str(float(v))
+    if isinstance(v, Enum):
+        return _jsonable(v.value)
+    if isinstance(v, (list, tuple)):
+        out = [_jsonable(x) for x in v]
+        return None if any(x is _SKIP for x in out) else out
+    if isinstance(v, dict):
+        out = {str(k): _jsonable(x) for k, x in v.items()}
+        return None if any(x is _SKIP for x in out.values()) else out
+    if isinstance(v, np.ndarray) and v.size <= 16:
+        return _jsonable(v.tolist())
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _extra(obj, known: set[str]) -> dict:
+    """JSON-safe attributes of a result/candidate dataclass that this module does not interpret
+    (e.g. ``long_axis_mm``, ``nodule_type``, ``lung_rads``), passed through into ``details``."""
+    if is_dataclass(obj):
+        items = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    else:
+        items = dict(getattr(obj, "__dict__", {}))
+    out = {}
+    for k, v in items.items():
+        if k in known or k.startswith("_"):
+            continue
+        j = _jsonable(v)
+        if j is not _SKIP:
+            out[k] = j
+    return out
+
+
+def findings_from_segmentation(result, package, overrides: dict[str, float] | None = None, coverage=None) -> list[Finding]:
+    """One finding per label segmented or named in the card's review policy.
+
+    ``result``: a :class:`radreview.inference.segment.SegmentationResult` (``labels`` ``(z, y, x)``
+    on the study grid and per-label ``stats``). ``coverage``: an optional
+    :class:`radreview.review.plausibility.ScanCoverage`; with it, a label whose card
+    ``body_region`` lies outside the scan, or whose volume (mL) is below the card's
+    ``min_volume_ml``, becomes **Not assessed** with the reason instead of a finding to decide.
+    """
+    from .plausibility import implausible
+
     policy = package.meta["review_policy"]["confidence_threshold"]
+    cards = {lab["name"]: lab for lab in package.meta["outputs"]["labels"]}
     overrides = overrides or {}
     out = []
     for s in result.stats:
         if s.voxels == 0 and s.name not in policy:
             continue
+        why = implausible(s.name, s.index, s.voxels, s.volume_ml, cards.get(s.name, {}), result.labels, coverage)
         out.append(Finding(
             id=f"{package.id}:{s.name}", model_id=package.id, kind="segmentation", name=s.name,
             confidence=None if s.confidence is None else float(s.confidence),
-            threshold=_threshold(policy, overrides, s.name) if s.voxels else None,
-            details={"volume_ml": round(s.volume_ml, 2), "voxels": s.voxels,
-                     "center_lps": None if s.centroid_lps is None else [round(v, 2) for v in s.centroid_lps]},
+            threshold=_threshold(policy, overrides, s.name),
+            details={"volume_ml": round(float(s.volume_ml), 2), "voxels": int(s.voxels),
+                     "center_lps": None if s.centroid_lps is None else [round(float(v), 2) for v in s.centroid_lps],
+                     "body_region": cards.get(s.name, {}).get("body_region"),
+                     "model_version": package.meta.get("version")},
+            not_assessed=why,
         ))
     return out
 
 
+_CANDIDATE_KNOWN = {"rank", "center_lps", "size_mm", "probability", "confidence", "raw_max", "voxels", "label"}
+_RESULT_KNOWN = {"model_id", "precision", "study_probability", "candidates", "prob_map", "components", "grid", "seconds",
+                 "stage_seconds", "warnings"}
+
+
 def findings_from_classification(result, package, overrides: dict[str, float] | None = None) -> list[Finding]:
-    """The study-level finding plus one per candidate region (``result`` from inference.classify)."""
-    policy = package.meta["review_policy"]["confidence_threshold"]
+    """The study-level finding plus one per listed candidate region.
+
+    ``result``: a :class:`radreview.inference.classify.ClassificationResult`. The card's
+    ``review_policy`` gives the confidence thresholds (``study``, ``candidate``), the operating
+    threshold on the probability (``decision_threshold``, default 0.5), ``min_candidate_probability``
+    and ``max_candidates`` (the runtime keeps all candidates; the review lists these). Confidence
+    is ``max(p, 1 - p)`` of the calibrated probability (see :class:`Finding`); the runtime's own
+    per-candidate nodule probability is kept as ``details["nodule_probability"]``. Attributes of
+    the result or its candidates that this function does not interpret (e.g. ``lung_rads``,
+    ``long_axis_mm``) are passed through into ``details``.
+    """
+    rp = package.meta["review_policy"]
+    policy = rp["confidence_threshold"]
+    op = float(rp.get("decision_threshold", DEFAULT_OPERATING_THRESHOLD))
     overrides = overrides or {}
-    out = [Finding(id=f"{package.id}:study", model_id=package.id, kind="classification", name="study",
-                   confidence=float(result.study_confidence), threshold=_threshold(policy, overrides, "study"),
-                   details={"probability": round(float(result.study_probability), 4),
-                            "question": package.meta.get("question", "")})]
-    # the card's review policy bounds how many candidates become findings (the runtime keeps all)
-    min_p = float(package.meta["review_policy"].get("min_candidate_probability", 0.0))
-    max_n = int(package.meta["review_policy"].get("max_candidates", 10**6))
-    shown = [c for c in result.candidates if c.probability >= min_p][:max_n]
-    out[0].details["candidates_total"] = len(result.candidates)
-    out[0].details["candidates_listed"] = len(shown)
+    p_study = float(result.study_probability)
+    study = Finding(id=f"{package.id}:study", model_id=package.id, kind="classification", name="study",
+                    confidence=max(p_study, 1 - p_study) if math.isfinite(p_study) else p_study,
+                    threshold=_threshold(policy, overrides, "study"),
+                    details={"question": package.meta.get("question", ""), "answer_label": rp.get("answer_label", ""),
+                             "model_version": package.meta.get("version"), **_extra(result, _RESULT_KNOWN)},
+                    probability=round(p_study, 4) if math.isfinite(p_study) else p_study, operating_threshold=op)
+    out = [study]
+    min_p = float(rp.get("min_candidate_probability", 0.0))
+    max_n = int(rp.get("max_candidates", 10**6))
+    shown = [c for c in result.candidates if not (float(c.probability) < min_p)][:max_n]  # NaN stays listed
+    study.details["candidates_total"] = len(result.candidates)
+    study.details["candidates_listed"] = len(shown)
     for c in shown:
+        p = float(c.probability)
         out.append(Finding(id=f"{package.id}:candidate-{c.rank}", model_id=package.id, kind="candidate",
-                           name=f"candidate-{c.rank}", confidence=float(c.confidence),
+                           name=f"candidate-{c.rank}", confidence=max(p, 1 - p) if math.isfinite(p) else p,
                            threshold=_threshold(policy, overrides, "candidate"),
-                           details={"probability": round(float(c.probability), 4),
-                                    "center_lps": [round(v, 2) for v in c.center_lps], "size_mm": round(c.size_mm, 1)}))
+                           details={"center_lps": [round(float(v), 2) for v in c.center_lps],
+                                    "size_mm": round(float(c.size_mm), 1),
+                                    "diameter_mm": round(float(c.size_mm), 1),
+                                    "nodule_probability": _jsonable(round(float(c.confidence), 4)),
+                                    "model_version": package.meta.get("version"),
+                                    **_extra(c, _CANDIDATE_KNOWN)},
+                           probability=round(p, 4) if math.isfinite(p) else p, operating_threshold=op))
     return out
 
 
+# ---------------------------------------------------------------------- the session
 class ReviewSession:
-    """Decisions and sign-off for one study over a store. Decisions already stored are restored."""
+    """Decisions and sign-off for one study over a store. Decisions already stored are restored.
 
-    def __init__(self, store: ReviewStore, key: str, findings: list[Finding]) -> None:
+    ``key`` is the study key (:func:`study_key`); ``key_warning`` says why it is weak, if it is.
+    """
+
+    def __init__(self, store: ReviewStore, key: str, findings: list[Finding], key_warning: str | None = None) -> None:
         self.store = store
         self.key = key
+        self.key_warning = key_warning
         self.findings = {f.id: f for f in findings}
 
     # ------------------------------------------------------------------ state
     @property
     def decisions(self) -> dict[str, dict]:
+        """Latest decision per finding: ``{finding_id: {decision, reviewer, reason, ts, addendum}}``."""
         return self.store.decisions(self.key)
 
     def flagged(self) -> list[Finding]:
+        """Needs review findings."""
         return [f for f in self.findings.values() if f.needs_review]
 
+    def by_status(self, status: FindingStatus) -> list[Finding]:
+        return [f for f in self.findings.values() if f.status is status]
+
     def pending(self) -> list[Finding]:
+        """Needs review and AI positive findings without a decision (block sign-off)."""
         done = self.decisions
-        return [f for f in self.flagged() if f.id not in done]
+        return [f for f in self.findings.values() if f.requires_decision and f.id not in done]
 
     def signed_off(self) -> list[dict]:
         return self.store.signoffs(self.key)
+
+    @property
+    def locked(self) -> bool:
+        """Signed off: decisions are read-only except as addenda."""
+        return bool(self.signed_off())
+
+    def changes_since_signoff(self) -> list[dict]:
+        """Decisions recorded after the last sign-off (addenda awaiting a new sign-off)."""
+        so = self.signed_off()
+        if not so:
+            return []
+        last = so[-1]["ts"]
+        return [d for d in self.store.decision_history(self.key) if d["ts"] > last]
+
+    def state(self) -> str:
+        """``"open"``, ``"signed off"`` or ``"addendum pending sign-off"``."""
+        if not self.locked:
+            return "open"
+        return "addendum pending sign-off" if self.changes_since_signoff() else "signed off"
 
     def resolve(self, name: str) -> Finding:
         """A finding by full id or by a unique name/suffix (``liver``, ``candidate-1``, ``study``).
@@ -162,12 +471,52 @@ class ReviewSession:
         raise KeyError(f"{'ambiguous' if hits else 'unknown'} finding {name!r}; findings: {', '.join(self.findings)}")
 
     # ------------------------------------------------------------------ actions
-    def decide(self, name: str, decision: str, reviewer: str, reason: str | None = None) -> str:
-        """Record a decision; returns its timestamp once it is durably saved."""
+    def decide(self, name: str, decision: str, reviewer: str, reason: str | None = None, addendum: bool = False) -> str:
+        """Record a decision; returns its timestamp once it is durably saved.
+
+        Raises
+        ------
+        ValueError
+            Unknown decision, empty reviewer, or an addendum without a reason.
+        StudyLocked
+            The study is signed off and ``addendum`` is not set.
+        KeyError
+            Unknown finding.
+        """
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
         f = self.resolve(name)
-        return self.store.record_decision(self.key, f.id, decision, reviewer, reason)
+        if self.locked:
+            so = self.signed_off()[-1]
+            if not addendum:
+                raise StudyLocked(f"study is signed off (by {so['reviewer']} at {so['ts']}): decisions are read-only; "
+                                  "record a change as an addendum with a reason")
+            if not (reason or "").strip():
+                raise ValueError("an addendum to a signed-off study needs a reason")
+        return self.store.record_decision(self.key, f.id, decision, reviewer, reason, addendum=bool(addendum and self.locked))
+
+    def confirm_all_positives(self, reviewer: str, reason: str | None = None, addendum: bool = False) -> list[str]:
+        """Accept every undecided AI positive finding in one explicit, audit-logged action.
+
+        Returns the finding ids accepted (``[]`` when there were none).
+
+        Raises
+        ------
+        StudyLocked, ValueError
+            As :meth:`decide`.
+        """
+        done = self.decisions
+        ids = [f.id for f in self.findings.values() if f.status is FindingStatus.AI_POSITIVE and f.id not in done]
+        if not ids:
+            return []
+        if self.locked:
+            if not addendum:
+                raise StudyLocked("study is signed off: decisions are read-only; record a change as an addendum with a reason")
+            if not (reason or "").strip():
+                raise ValueError("an addendum to a signed-off study needs a reason")
+        self.store.record_decisions(self.key, ids, "accept", reviewer, reason or "confirm all AI positives",
+                                    action="confirm-all-positives", addendum=bool(addendum and self.locked))
+        return ids
 
     def sign_off(self, reviewer: str) -> str:
         """Sign the study off.
@@ -175,20 +524,49 @@ class ReviewSession:
         Raises
         ------
         SignOffRefused
-            While any flagged finding lacks a decision (the refusal lists them).
+            While any Needs review or AI positive finding lacks a decision (the refusal lists
+            them), or when the study is already signed off and nothing changed since.
+        ValueError
+            Empty reviewer name.
         """
         pending = self.pending()
         if pending:
             raise SignOffRefused(pending)
         if not reviewer.strip():
             raise ValueError("sign-off needs a reviewer name")
-        summary = [{**f.as_dict(), "decision": self.decisions.get(f.id, {}).get("decision")} for f in self.findings.values()]
-        return self.store.record_signoff(self.key, reviewer, summary)
+        so = self.signed_off()
+        if so and not self.changes_since_signoff():
+            raise SignOffRefused([], f"sign-off refused: already signed off by {so[-1]['reviewer']} at {so[-1]['ts']} "
+                                     "and nothing changed since (record an addendum first)")
+        decisions = self.decisions
+        summary = [{**f.as_dict(), "decision": decisions.get(f.id, {}).get("decision")} for f in self.findings.values()]
+        return self.store.record_signoff(self.key, reviewer, summary, addendum=bool(so))
 
     def set_threshold(self, model_id: str, label: str, value: float, reviewer: str, reason: str | None = None) -> None:
         """Logged threshold change; re-flags the findings it applies to."""
         self.store.set_threshold(model_id, label, value, reviewer, reason)
         for f in self.findings.values():
             if f.model_id == model_id and (f.name == label or (label == "candidate" and f.kind == "candidate")):
-                if f.threshold is not None or f.kind != "segmentation":
-                    f.threshold = float(value)
+                f.threshold = float(value)
+
+    def check_packages(self, packages: dict[str, tuple[str, str]], actor: str = "radreview") -> None:
+        """Record each model's ``(version, package_sha256)`` for this study at first use; refuse
+        a different package for a study already reviewed (decided or signed off) under another.
+
+        Raises
+        ------
+        PackageChanged
+            Naming the model, both versions and both hashes.
+        """
+        known = self.store.study_packages(self.key)
+        reviewed = bool(self.store.decision_history(self.key)) or bool(self.signed_off())
+        for mid, (version, sha) in packages.items():
+            old = known.get(mid)
+            if old is not None and old["sha256"] != sha:
+                if reviewed:
+                    raise PackageChanged(
+                        f"model {mid}: this study was reviewed with package {old['version']} (sha256 {old['sha256'][:12]}...), "
+                        f"the installed package is {version} (sha256 {sha[:12]}...); its findings would not match the "
+                        "decisions on record — reinstall the original package to review this study")
+            if old is None or old["sha256"] != sha:
+                self.store.record_study_package(self.key, mid, version, sha, actor)

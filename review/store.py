@@ -9,6 +9,16 @@ stores the SHA-256 of the previous row's hash and its own canonical content, and
 
 A file that is not a SQLite database, or fails ``PRAGMA integrity_check``, raises
 :class:`StoreCorrupt` naming the file; it is never silently replaced.
+
+On open the store is also checked against what the chain cannot see by itself
+(:mod:`radreview.review.integrity`): the chain head is kept outside the database too, in the
+HMAC-signed sidecar ``<db>.head`` written atomically after every commit, so a recomputed chain,
+a trimmed tail, a wiped audit or a database swapped for an empty one is detected; and the
+decisions, sign-offs, thresholds, study packages and saved runs are replayed from the audit rows
+and must match their tables, so a row written straight into a table is never obeyed. A failed
+check raises :class:`StoreTampered`. A database locked by another process raises
+:class:`StoreLocked` with the advice; an explicit path to a missing database raises
+:class:`StoreMissing` unless ``create=True``.
 """
 
 from __future__ import annotations
@@ -23,9 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ReviewStore", "StoreCorrupt", "AuditReport", "default_db_path", "GENESIS"]
+__all__ = ["ReviewStore", "StoreCorrupt", "StoreTampered", "StoreLocked", "StoreMissing", "StudyLocked", "AuditReport",
+           "default_db_path", "GENESIS"]
 
-GENESIS = "0" * 64
+# the hash chain is shared with the reading-session store (review/audit_chain.py)
+from .audit_chain import GENESIS, verify_chain, row_hash as _row_hash  # noqa: E402
 DECISIONS = ("accept", "reject", "edit")
 
 _SCHEMA = """
@@ -33,11 +45,17 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     study_key TEXT NOT NULL, finding_id TEXT NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN ('accept', 'reject', 'edit')),
-    reviewer TEXT NOT NULL, reason TEXT, ts TEXT NOT NULL);
+    reviewer TEXT NOT NULL, reason TEXT, ts TEXT NOT NULL, addendum INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS decisions_study ON decisions (study_key, finding_id);
 CREATE TABLE IF NOT EXISTS signoffs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, study_key TEXT NOT NULL, reviewer TEXT NOT NULL,
-    findings_json TEXT NOT NULL, ts TEXT NOT NULL);
+    findings_json TEXT NOT NULL, ts TEXT NOT NULL, addendum INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS study_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, study_key TEXT NOT NULL, model_id TEXT NOT NULL, version TEXT NOT NULL,
+    sha256 TEXT NOT NULL, ts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, study_key TEXT NOT NULL, model_id TEXT NOT NULL, version TEXT NOT NULL,
+    package_sha256 TEXT NOT NULL, files_json TEXT NOT NULL, ts TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS thresholds (
     model_id TEXT NOT NULL, label TEXT NOT NULL, value REAL NOT NULL CHECK (value >= 0 AND value <= 1),
     reviewer TEXT NOT NULL, reason TEXT, ts TEXT NOT NULL, PRIMARY KEY (model_id, label));
@@ -55,6 +73,34 @@ class StoreCorrupt(RuntimeError):
     """The review database is damaged or not a database; the message names the file."""
 
 
+class StoreTampered(StoreCorrupt):
+    """The database disagrees with its audit chain or chain head file; ``problems`` lists how."""
+
+    def __init__(self, path, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{path}: review database failed verification against its audit log ({len(problems)} problem(s): "
+                         + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+                         + ") — it was left untouched; run 'radreview audit verify' for the full list")
+
+
+class StoreLocked(RuntimeError):
+    """Another process holds the review database's write lock; the message gives the advice."""
+
+
+class StudyLocked(RuntimeError):
+    """A decision on a signed-off study that is not an addendum with a reason (the store refuses
+    it too, so no caller can bypass the sign-off lock)."""
+
+
+class StoreMissing(FileNotFoundError):
+    """An explicitly named review database does not exist (and ``create`` was not asked for)."""
+
+
+def _locked_message(path, exc) -> str:
+    return (f"{path}: the review database is locked by another process ({exc}); nothing was saved — close the other "
+            "radreview window or command using it and try again")
+
+
 def default_db_path() -> Path:
     """``$RADREVIEW_DB``, else ``$XDG_DATA_HOME/radreview/review.sqlite`` (``~/.local/share``)."""
     if os.environ.get("RADREVIEW_DB"):
@@ -65,11 +111,6 @@ def default_db_path() -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _row_hash(prev_hash: str, row_id: int, ts: str, actor: str, action: str, payload: str) -> str:
-    canon = json.dumps([prev_hash, row_id, ts, actor, action, payload], separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -88,13 +129,25 @@ class ReviewStore:
         If the file exists but is not a healthy SQLite database.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True, verify: bool = True,
+                 timeout: float = 5.0) -> None:
+        """Open (or, with ``create``, create) the database; ``verify`` checks it against its audit
+        chain and head file (:class:`StoreTampered`); ``timeout`` (s) waits for another writer.
+
+        Raises
+        ------
+        StoreMissing
+            ``path`` does not exist and ``create`` is False.
+        StoreCorrupt, StoreTampered, StoreLocked
+        """
         self.path = Path(path) if path else default_db_path()
+        if not create and not self.path.is_file():
+            raise StoreMissing(f"{self.path}: no such review database (check the path; use --create to start a new one)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
-            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=timeout)
             if existed:
                 res = self.conn.execute("PRAGMA integrity_check").fetchone()[0]
                 if res != "ok":
@@ -104,25 +157,61 @@ class ReviewStore:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO audit_head (one, last_hash, count) VALUES (1, ?, 0)", (GENESIS,))
+            for table in ("decisions", "signoffs"):  # databases from before addenda
+                cols = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                if "addendum" not in cols:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN addendum INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreLocked(_locked_message(self.path, exc)) from None
+            raise StoreCorrupt(f"{self.path}: not a usable review database ({exc}); it was left untouched — "
+                               "restore it from a backup or move it aside") from None
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: not a usable review database ({exc}); it was left untouched — "
                                "restore it from a backup or move it aside") from None
 
+        if verify:
+            rep = self.verify_audit()
+            if not rep.ok:
+                self.conn.close()
+                raise StoreTampered(self.path, rep.problems)
+
     def close(self) -> None:
         self.conn.close()
 
+    def _integrity_problems(self, rows: list[tuple]) -> list[str]:
+        """The chain head file and the state tables checked against the audit rows (see module doc)."""
+        from .integrity import check_head, compare_state
+
+        last = rows[-1][6] if rows else GENESIS
+        return check_head(self.path, len(rows), last) + compare_state(self.conn, rows)
+
     # ------------------------------------------------------------------ writes
     def _write(self, actor: str, action: str, payload: dict[str, Any], sql: str | None, params: tuple = (),
-               ts: str | None = None) -> str:
-        """Run ``sql`` and append the audit row in one durable transaction; returns the timestamp."""
+               ts: str | None = None, many: list[tuple[str, tuple]] | None = None) -> str:
+        """Run ``sql`` (and each ``(sql, params)`` of ``many``) and append the audit row in one
+        durable transaction, then update the chain head file; returns the timestamp.
+
+        Raises
+        ------
+        StoreLocked
+            Another process held the write lock longer than the timeout (nothing was saved).
+        """
+        from .integrity import head_lock, write_head
+
         ts = ts or _now()
         body = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        with self._lock:
+        with self._lock, head_lock(self.path):
             cur = self.conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreLocked(_locked_message(self.path, exc)) from None
             try:
                 if sql:
                     cur.execute(sql, params)
+                for q, qp in many or ():
+                    cur.execute(q, qp)
                 prev, count = cur.execute("SELECT last_hash, count FROM audit_head WHERE one = 1").fetchone()
                 row_id = cur.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM audit").fetchone()[0]
                 h = _row_hash(prev, row_id, ts, actor, action, body)
@@ -130,12 +219,16 @@ class ReviewStore:
                             (row_id, ts, actor, action, body, prev, h))
                 cur.execute("UPDATE audit_head SET last_hash = ?, count = ? WHERE one = 1", (h, count + 1))
                 cur.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 cur.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                    raise StoreLocked(_locked_message(self.path, exc)) from None
                 raise
+            write_head(self.path, count + 1, h)
         return ts
 
-    def record_decision(self, study_key: str, finding_id: str, decision: str, reviewer: str, reason: str | None = None) -> str:
+    def record_decision(self, study_key: str, finding_id: str, decision: str, reviewer: str, reason: str | None = None,
+                        addendum: bool = False) -> str:
         """Persist a decision (accept/reject/edit); returns its timestamp once durably committed.
 
         Raises
@@ -147,17 +240,72 @@ class ReviewStore:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
         if not reviewer.strip():
             raise ValueError("a decision needs a reviewer name")
+        self._check_unlocked(study_key, addendum, reason)
         ts = _now()
         payload = {"study": study_key, "finding": finding_id, "decision": decision, "reason": reason or ""}
+        if addendum:
+            payload["addendum"] = True
         return self._write(reviewer, "decision", payload,
-                           "INSERT INTO decisions (study_key, finding_id, decision, reviewer, reason, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                           (study_key, finding_id, decision, reviewer, reason, ts), ts)
+                           "INSERT INTO decisions (study_key, finding_id, decision, reviewer, reason, ts, addendum) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (study_key, finding_id, decision, reviewer, reason, ts, int(bool(addendum))), ts)
 
-    def record_signoff(self, study_key: str, reviewer: str, findings: list[dict]) -> str:
+    def record_decisions(self, study_key: str, finding_ids: list[str], decision: str, reviewer: str, reason: str,
+                         action: str = "confirm-all-positives", addendum: bool = False) -> str:
+        """The same decision on several findings as ONE audit row ``action`` in one transaction
+        (e.g. "Confirm all AI positives"); returns the timestamp.
+
+        Raises
+        ------
+        ValueError
+            Unknown decision or empty reviewer name.
+        """
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+        if not reviewer.strip():
+            raise ValueError("a decision needs a reviewer name")
+        self._check_unlocked(study_key, addendum, reason)
         ts = _now()
-        return self._write(reviewer, "sign-off", {"study": study_key, "findings": findings},
-                           "INSERT INTO signoffs (study_key, reviewer, findings_json, ts) VALUES (?, ?, ?, ?)",
-                           (study_key, reviewer, json.dumps(findings, sort_keys=True), ts), ts)
+        payload = {"study": study_key, "findings": list(finding_ids), "decision": decision, "reason": reason or ""}
+        if addendum:
+            payload["addendum"] = True
+        many = [("INSERT INTO decisions (study_key, finding_id, decision, reviewer, reason, ts, addendum) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (study_key, fid, decision, reviewer, reason or "", ts, int(bool(addendum)))) for fid in finding_ids]
+        return self._write(reviewer, action, payload, None, (), ts, many=many)
+
+    def _check_unlocked(self, study_key: str, addendum: bool, reason: str | None) -> None:
+        row = self.conn.execute("SELECT reviewer, ts FROM signoffs WHERE study_key = ? ORDER BY id DESC LIMIT 1",
+                                (study_key,)).fetchone()
+        if row is None:
+            return
+        if not addendum:
+            raise StudyLocked(f"study is signed off (by {row[0]} at {row[1]}): decisions are read-only; "
+                              "record a change as an addendum with a reason")
+        if not (reason or "").strip():
+            raise ValueError("an addendum to a signed-off study needs a reason")
+
+    def record_signoff(self, study_key: str, reviewer: str, findings: list[dict], addendum: bool = False) -> str:
+        """Persist a sign-off with the findings and decisions it covers (``addendum``: a re-sign-off)."""
+        ts = _now()
+        payload = {"study": study_key, "findings": findings}
+        if addendum:
+            payload["addendum"] = True
+        return self._write(reviewer, "sign-off", payload,
+                           "INSERT INTO signoffs (study_key, reviewer, findings_json, ts, addendum) VALUES (?, ?, ?, ?, ?)",
+                           (study_key, reviewer, json.dumps(findings, sort_keys=True), ts, int(bool(addendum))), ts)
+
+    def record_study_package(self, study_key: str, model_id: str, version: str, sha256: str, actor: str = "radreview") -> str:
+        """Record the model package (version, package SHA-256) a study is reviewed under."""
+        ts = _now()
+        return self._write(actor, "package", {"study": study_key, "model": model_id, "version": version, "sha256": sha256},
+                           "INSERT INTO study_packages (study_key, model_id, version, sha256, ts) VALUES (?, ?, ?, ?, ?)",
+                           (study_key, model_id, version, sha256, ts), ts)
+
+    def study_packages(self, study_key: str) -> dict[str, dict]:
+        """Latest package per model for a study: ``{model_id: {version, sha256, ts}}``."""
+        rows = self.conn.execute("SELECT model_id, version, sha256, ts FROM study_packages WHERE study_key = ? ORDER BY id",
+                                 (study_key,)).fetchall()
+        return {m: {"version": v, "sha256": h, "ts": ts} for m, v, h, ts in rows}
 
     def set_threshold(self, model_id: str, label: str, value: float, reviewer: str, reason: str | None = None) -> str:
         """Change a review threshold (the only way to; logged in the audit table).
@@ -178,19 +326,17 @@ class ReviewStore:
                            (model_id, label, float(value), reviewer, reason, ts), ts)
 
     def save_findings(self, study_key: str, findings: list[dict], actor: str = "radreview") -> str:
-        """Store the findings of an AI run (replacing that study's previous ones), audit-logged."""
+        """Store the findings of an AI run (replacing that study's previous ones) and the audit row
+        ``ai-run`` (ids and SHA-256 of the stored rows) in one transaction."""
+        from .integrity import findings_digest
+
         ts = _now()
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute("DELETE FROM findings WHERE study_key = ?", (study_key,))
-                self.conn.executemany("INSERT INTO findings (study_key, finding_id, data, ts) VALUES (?, ?, ?, ?)",
-                                      [(study_key, f["id"], json.dumps(f, sort_keys=True), ts) for f in findings])
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-        return self.log_event(actor, "ai-run", {"study": study_key, "findings": [f["id"] for f in findings]})
+        rows = [json.dumps(f, sort_keys=True) for f in findings]
+        many = [("DELETE FROM findings WHERE study_key = ?", (study_key,))]
+        many += [("INSERT INTO findings (study_key, finding_id, data, ts) VALUES (?, ?, ?, ?)", (study_key, f["id"], r, ts))
+                 for f, r in zip(findings, rows)]
+        return self._write(actor, "ai-run", {"study": study_key, "findings": [f["id"] for f in findings],
+                                             "sha256": findings_digest(rows)}, None, (), ts, many=many)
 
     def load_findings(self, study_key: str) -> list[dict]:
         rows = self.conn.execute("SELECT data FROM findings WHERE study_key = ? ORDER BY rowid", (study_key,)).fetchall()
@@ -203,13 +349,21 @@ class ReviewStore:
     # ------------------------------------------------------------------ reads
     def decisions(self, study_key: str) -> dict[str, dict]:
         """Latest decision per finding for a study: ``{finding_id: {decision, reviewer, reason, ts}}``."""
+        return {d["finding"]: {k: v for k, v in d.items() if k != "finding"} for d in self.decision_history(study_key)}
+
+    def decision_history(self, study_key: str) -> list[dict]:
+        """Every decision of a study in order: ``[{finding, decision, reviewer, reason, ts, addendum}]``."""
         rows = self.conn.execute(
-            "SELECT finding_id, decision, reviewer, reason, ts FROM decisions WHERE study_key = ? ORDER BY id", (study_key,)).fetchall()
-        return {f: {"decision": d, "reviewer": r, "reason": reason or "", "ts": ts} for f, d, r, reason, ts in rows}
+            "SELECT finding_id, decision, reviewer, reason, ts, addendum FROM decisions WHERE study_key = ? ORDER BY id",
+            (study_key,)).fetchall()
+        return [{"finding": f, "decision": d, "reviewer": r, "reason": reason or "", "ts": ts, "addendum": bool(a)}
+                for f, d, r, reason, ts, a in rows]
 
     def signoffs(self, study_key: str) -> list[dict]:
-        rows = self.conn.execute("SELECT reviewer, ts FROM signoffs WHERE study_key = ? ORDER BY id", (study_key,)).fetchall()
-        return [{"reviewer": r, "ts": ts} for r, ts in rows]
+        """Sign-offs of a study in order: ``[{reviewer, ts, addendum}]``."""
+        rows = self.conn.execute("SELECT reviewer, ts, addendum FROM signoffs WHERE study_key = ? ORDER BY id",
+                                 (study_key,)).fetchall()
+        return [{"reviewer": r, "ts": ts, "addendum": bool(a)} for r, ts, a in rows]
 
     def thresholds(self, model_id: str) -> dict[str, float]:
         rows = self.conn.execute("SELECT label, value FROM thresholds WHERE model_id = ?", (model_id,)).fetchall()
@@ -219,23 +373,61 @@ class ReviewStore:
         return self.conn.execute("SELECT id, ts, actor, action, payload, prev_hash, hash FROM audit ORDER BY id").fetchall()
 
     def verify_audit(self) -> AuditReport:
-        """Recompute the hash chain; report edited, deleted, inserted or reordered rows."""
-        problems = []
-        prev = GENESIS
-        expected_id = 1
-        rows = self.audit_rows()
-        for row_id, ts, actor, action, payload, prev_hash, h in rows:
-            if row_id != expected_id:
-                problems.append(f"audit row {expected_id} is missing (next row is {row_id})")
-                expected_id = row_id
-            if prev_hash != prev:
-                problems.append(f"audit row {row_id}: previous-hash link broken (a row before it was changed or removed)")
-            if _row_hash(prev_hash, row_id, ts, actor, action, payload) != h:
-                problems.append(f"audit row {row_id}: content does not match its hash (edited)")
-            prev = h
-            expected_id += 1
-        head = self.conn.execute("SELECT last_hash, count FROM audit_head WHERE one = 1").fetchone()
-        if head is None or head[0] != prev or head[1] != len(rows):
-            problems.append(f"audit head says {head[1] if head else '?'} rows ending in {head[0][:12] if head else '?'}..., "
-                            f"table has {len(rows)} ending in {prev[:12]}... (rows deleted or appended outside radreview)")
+        """Recompute the hash chain; report edited, deleted, inserted or reordered rows, a chain
+        that does not match its head file, and state-table rows the audit log does not back."""
+        from .integrity import head_lock
+
+        with head_lock(self.path):  # no writer between reading the rows and the head file
+            rows = self.audit_rows()
+            head = self.conn.execute("SELECT last_hash, count FROM audit_head WHERE one = 1").fetchone()
+            problems_outside = self._integrity_problems(rows)
+        _, problems = verify_chain(rows, head)
+        problems += problems_outside
         return AuditReport(not problems, len(rows), problems)
+
+    def save_mask_version(self, study_key: str, label: str, path: str, sha256: str, reviewer: str, dice_vs_ai: float,
+                          ai_path: str | None = None, ai_sha256: str | None = None, voxels_changed: int | None = None) -> dict:
+        """Record an edited AI mask as a new version (the AI output is kept, never replaced).
+
+        The NIfTI files themselves are written by the caller (``viewer.editing.save_edited_mask``);
+        this stores their paths and SHA-256 in ``mask_versions`` and an audit row ``mask-edit``
+        with the Dice between the AI mask and the edited one, in one durable transaction.
+        Returns ``{"version": n, "ts": ...}`` (n counts from 1 per study and label).
+
+        Raises
+        ------
+        ValueError
+            If the reviewer is empty or ``dice_vs_ai`` is outside 0..1.
+        """
+        if not reviewer.strip():
+            raise ValueError("a mask edit needs a reviewer name")
+        if not 0.0 <= float(dice_vs_ai) <= 1.0:
+            raise ValueError(f"Dice must be within 0..1, got {dice_vs_ai}")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS mask_versions (id INTEGER PRIMARY KEY AUTOINCREMENT, study_key TEXT NOT NULL, "
+            "label TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, ai_path TEXT, "
+            "ai_sha256 TEXT, reviewer TEXT NOT NULL, dice_vs_ai REAL NOT NULL, voxels_changed INTEGER, ts TEXT NOT NULL, "
+            "UNIQUE (study_key, label, version))")
+        version = self.conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM mask_versions WHERE study_key = ? AND label = ?",
+                                    (study_key, label)).fetchone()[0]
+        ts = _now()
+        payload = {"study": study_key, "label": label, "version": version, "sha256": sha256, "ai_sha256": ai_sha256,
+                   "dice_vs_ai": round(float(dice_vs_ai), 6), "voxels_changed": voxels_changed}
+        self._write(reviewer, "mask-edit", payload,
+                    "INSERT INTO mask_versions (study_key, label, version, path, sha256, ai_path, ai_sha256, reviewer, "
+                    "dice_vs_ai, voxels_changed, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (study_key, label, version, path, sha256, ai_path, ai_sha256, reviewer, float(dice_vs_ai), voxels_changed, ts), ts)
+        return {"version": version, "ts": ts}
+
+    # ------------------------------------------------------------------ measurements (review/measurements.py)
+    def save_measurements(self, study_key: str, items: list[dict], actor: str) -> str:
+        """Replace a study's measurements (ruler, angle, ROI dicts), audit-logged; returns the timestamp."""
+        from .measurements import save_measurements
+
+        return save_measurements(self, study_key, items, actor)
+
+    def load_measurements(self, study_key: str) -> list[dict]:
+        """A study's saved measurements (``[]`` when none)."""
+        from .measurements import load_measurements
+
+        return load_measurements(self, study_key)

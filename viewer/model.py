@@ -258,6 +258,8 @@ class ViewerModel:
         self.window_changed = _Emitter()
         self.overlays_changed = _Emitter()
         self.overlays: dict[str, object] = {}  # name -> object with compose(rgb, mapping, index)
+        self.overlays_shown = True  # O toggles every overlay
+        self.heatmaps_shown = True  # H toggles heatmaps (overlays whose ``kind`` is "heatmap")
         self.volume: Volume | None = None
         self.cursor = np.zeros(3)
         self.window = (40.0, 400.0)
@@ -307,11 +309,28 @@ class ViewerModel:
         if self.overlays.pop(name, None) is not None:
             self.overlays_changed.emit()
 
+    def visible_overlays(self) -> list:
+        """The overlays drawn now, in drawing order (``z_order``: label maps, heatmaps, markers)."""
+        if not self.overlays_shown:
+            return []
+        ovs = [ov for ov in self.overlays.values() if self.heatmaps_shown or getattr(ov, "kind", "") != "heatmap"]
+        return sorted(ovs, key=lambda ov: getattr(ov, "z_order", 0))
+
     def compose_overlays(self, rgb: np.ndarray, plane: str) -> np.ndarray:
         k = self.slice_index(plane)
-        for ov in self.overlays.values():
+        for ov in self.visible_overlays():
             rgb = ov.compose(rgb, self.mappings[plane], k)
         return rgb
+
+    def set_overlays_shown(self, on: bool) -> None:
+        """Show or hide every overlay at once (the O key); the overlays are kept."""
+        self.overlays_shown = bool(on)
+        self.overlays_changed.emit()
+
+    def set_heatmaps_shown(self, on: bool) -> None:
+        """Show or hide heatmaps (Grad-CAM, uncertainty; the H key); the maps are kept."""
+        self.heatmaps_shown = bool(on)
+        self.overlays_changed.emit()
 
     # ------------------------------------------------------------------ window
     def set_window(self, center: float, width: float, preset: str = "") -> None:
@@ -350,16 +369,27 @@ class ViewerModel:
         self.cursor = lps
         self.cursor_changed.emit(self.cursor)
 
+    def lps_to_index(self, lps) -> np.ndarray:
+        """``volume.lps_to_index`` with the inverse matrix cached per volume (called many times
+        per slice step by every view)."""
+        vol = self.volume
+        cache = getattr(self, "_inv_cache", None)
+        if cache is None or cache[0] is not vol:
+            m = vol.direction * np.asarray(vol.spacing)[None, :]
+            cache = (vol, np.linalg.inv(m).T, np.asarray(vol.origin, dtype=float))
+            self._inv_cache = cache
+        return (np.asarray(lps, dtype=float) - cache[2]) @ cache[1]
+
     def slice_index(self, plane: str) -> int:
         """Voxel slice index shown by ``plane`` (nearest to the cursor)."""
         m = self.mappings[plane]
-        ijk = self.volume.lps_to_index(self.cursor)
+        ijk = self.lps_to_index(self.cursor)
         return int(np.clip(np.rint(ijk[m.normal_axis]), 0, m.n_slices - 1))
 
     def scroll(self, plane: str, steps: int) -> None:
         """Move the cursor ``steps`` slices along ``plane``'s normal (clamped)."""
         m = self.mappings[plane]
-        ijk = self.volume.lps_to_index(self.cursor)
+        ijk = self.lps_to_index(self.cursor)
         ijk[m.normal_axis] = np.clip(np.rint(ijk[m.normal_axis]) + steps, 0, m.n_slices - 1)
         self.set_cursor(self.volume.index_to_lps(ijk))
 
@@ -371,7 +401,7 @@ class ViewerModel:
     def cursor_on_screen(self, plane: str) -> tuple[float, float]:
         """``(row, col)`` of the cursor in ``plane``'s slice image."""
         m = self.mappings[plane]
-        _, r, c = m.index_to_screen(self.volume.lps_to_index(self.cursor))
+        _, r, c = m.index_to_screen(self.lps_to_index(self.cursor))
         return r, c
 
     def slice_image(self, plane: str) -> np.ndarray:
@@ -381,7 +411,7 @@ class ViewerModel:
     def slice_position_mm(self, plane: str) -> float:
         """Position of the current slice along its patient axis (LPS mm of the slice centre)."""
         m = self.mappings[plane]
-        ijk = self.volume.lps_to_index(self.cursor)
+        ijk = self.lps_to_index(self.cursor)
         ijk[m.normal_axis] = self.slice_index(plane)
         normal_p = _PLANE_AXES[plane][0]
         return float(self.volume.index_to_lps(ijk)[normal_p])

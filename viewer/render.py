@@ -18,11 +18,77 @@ from vtk.util import numpy_support
 from radreview.studies.volume import Volume
 
 from .model import PLANES, ViewerModel, apply_window, volume_render_presets
+from .overlay import FLAGGED_RGB, MARKER_RGB
 
-__all__ = ["volume_to_vtk", "SliceScene", "VolumeScene", "snapshot", "grab_window", "LAYOUTS", "layout_viewports"]
+__all__ = ["volume_to_vtk", "strided_array", "label_surfaces", "SliceScene", "VolumeScene", "snapshot", "grab_window", "LAYOUTS", "layout_viewports"]
 
 CROSSHAIR_RGB = (0.0, 1.0, 0.0)  # pure green: render tests look for it
 LAYOUTS = ("2x2", "1x3", "axial", "coronal", "sagittal", "3d")
+
+
+def strided_array(array: np.ndarray, spacing, max_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, spacing)`` strided so no axis of the ``(z, y, x)`` array exceeds ``max_dim``;
+    spacing ``(sx, sy, sz)`` mm grows accordingly. Pure numpy (safe on a worker thread)."""
+    spacing = np.array(spacing, dtype=float)
+    if max_dim:
+        steps = [max(1, int(np.ceil(n / max_dim))) for n in array.shape]  # (z, y, x)
+        if any(s > 1 for s in steps):
+            array = array[:: steps[0], :: steps[1], :: steps[2]]
+            spacing = spacing * np.array(steps[::-1])
+    return np.ascontiguousarray(array), spacing
+
+
+def _image_from_array(arr: np.ndarray, spacing, volume: Volume) -> vtk.vtkImageData:
+    img = vtk.vtkImageData()
+    img.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
+    img.SetSpacing(*[float(v) for v in spacing])
+    img.SetOrigin(*volume.origin)
+    img.SetDirectionMatrix(*[float(v) for v in volume.direction.ravel()])
+    vtk_arr = numpy_support.numpy_to_vtk(arr.ravel(), deep=True)
+    vtk_arr.SetName("values")
+    img.GetPointData().SetScalars(vtk_arr)
+    return img
+
+
+def label_surfaces(labels, spacing, origin, direction, indices, max_dim: int | None = 128):
+    """Surface meshes of label values, computed with a worker-owned VTK pipeline (no GUI object).
+
+    ``labels`` ``(z, y, x)`` on the study grid (strided to ``max_dim`` per axis first); returns
+    ``{index: (points (n, 3) float32 LPS mm, triangles (m, 3) int64, normals (n, 3) float32)}``
+    from ``vtkSurfaceNets3D`` (smoothed, triangles) and ``vtkPolyDataNormals``, ready for :meth:`VolumeScene.add_surface`.
+    Only plain arrays leave this function: it runs on a worker or in a pool process (VTK
+    filters hold the GIL, so the Run AI worker sends it to the process pool).
+    """
+    arr, sp = strided_array(labels, spacing, max_dim)
+    img = vtk.vtkImageData()
+    img.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
+    img.SetSpacing(*[float(v) for v in sp])
+    img.SetOrigin(*[float(v) for v in origin])
+    img.SetDirectionMatrix(*[float(v) for v in np.asarray(direction).ravel()])
+    va = numpy_support.numpy_to_vtk(arr.ravel(), deep=True)
+    img.GetPointData().SetScalars(va)
+    out = {}
+    for idx in indices:
+        if not (arr == idx).any():
+            continue
+        nets = vtk.vtkSurfaceNets3D()
+        nets.SetInputData(img)
+        nets.SetValue(0, int(idx))
+        nets.SetOutputMeshTypeToTriangles()
+        nets.SmoothingOn()
+        normals = vtk.vtkPolyDataNormals()  # shading normals here too, not on the GUI thread
+        normals.SetInputConnection(nets.GetOutputPort())
+        normals.SplittingOff()
+        normals.Update()
+        poly = normals.GetOutput()
+        if poly.GetNumberOfPoints() == 0:
+            continue
+        pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float32)
+        conn = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).astype(np.int64)
+        nrm = poly.GetPointData().GetNormals()
+        nrm = numpy_support.vtk_to_numpy(nrm).astype(np.float32).copy() if nrm is not None else None
+        out[int(idx)] = (pts.copy(), conn.reshape(-1, 3).copy(), nrm)
+    return out
 
 
 def volume_to_vtk(volume: Volume, max_dim: int | None = None) -> vtk.vtkImageData:
@@ -32,14 +98,7 @@ def volume_to_vtk(volume: Volume, max_dim: int | None = None) -> vtk.vtkImageDat
     for the 3D view on large series. Scalars are copied, array order ``(z, y, x)`` maps to VTK's
     x-fastest point order.
     """
-    arr = volume.array
-    spacing = np.array(volume.spacing, dtype=float)
-    if max_dim:
-        steps = [max(1, int(np.ceil(n / max_dim))) for n in arr.shape]  # (z, y, x)
-        if any(s > 1 for s in steps):
-            arr = arr[:: steps[0], :: steps[1], :: steps[2]]
-            spacing = spacing * np.array(steps[::-1])
-    arr = np.ascontiguousarray(arr)
+    arr, spacing = strided_array(volume.array, volume.spacing, max_dim)
     img = vtk.vtkImageData()
     img.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
     img.SetSpacing(*spacing)
@@ -125,6 +184,52 @@ class SliceScene:
             self.renderer.AddViewProp(t)
             self.letters.append(t)
         self._shape: tuple[int, int] | None = None
+        # finding markers: one polyline actor per style (listed / needs review), numbers as text
+        self._marker_polys = {}
+        for flagged in (False, True):
+            poly = vtk.vtkPolyData()
+            mapper = vtk.vtkPolyDataMapper()
+            mapper.SetInputData(poly)
+            actor = vtk.vtkActor()
+            actor.SetMapper(mapper)
+            prop = actor.GetProperty()
+            prop.SetColor(*[c / 255 for c in (FLAGGED_RGB if flagged else MARKER_RGB)])
+            prop.SetLineWidth(3.0 if flagged else 2.0)
+            prop.LightingOff()
+            actor.SetVisibility(False)
+            self.renderer.AddActor(actor)
+            self._marker_polys[flagged] = (poly, actor)
+        self._marker_texts: list = []
+        self.legend = []
+        for i, (text, rgb) in enumerate((("red ring n: AI finding n of the list", MARKER_RGB), ("amber ring n: needs review", FLAGGED_RGB))):
+            t = vtk.vtkTextActor()
+            t.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
+            t.GetPositionCoordinate().SetValue(0.006, 0.085 + 0.035 * (1 - i))
+            tp = t.GetTextProperty()
+            tp.SetFontSize(12)
+            tp.SetBold(bool(i))
+            tp.SetColor(*[c / 255 for c in rgb])
+            t.SetInput(text)
+            t.SetVisibility(False)
+            self.renderer.AddViewProp(t)
+            self.legend.append(t)
+        self.colorbar = vtk.vtkScalarBarActor()
+        self.colorbar.SetOrientationToVertical()
+        self.colorbar.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
+        self.colorbar.GetPositionCoordinate().SetValue(0.90, 0.18)
+        self.colorbar.SetWidth(0.08)
+        self.colorbar.SetHeight(0.55)
+        self.colorbar.SetNumberOfLabels(3)
+        self.colorbar.SetLabelFormat("%.2g")
+        self.colorbar.UnconstrainedFontSizeOn()
+        for tp in (self.colorbar.GetLabelTextProperty(), self.colorbar.GetTitleTextProperty()):
+            tp.SetFontSize(11)
+            tp.SetColor(0.9, 0.9, 0.9)
+            tp.ShadowOff()
+            tp.ItalicOff()
+        self.colorbar.SetVisibility(False)
+        self.renderer.AddViewProp(self.colorbar)
+        self._colorbar_key = None
 
     # ------------------------------------------------------------------ content
     def update_image(self) -> None:
@@ -146,6 +251,87 @@ class SliceScene:
             self.reset_camera()
         self.update_cursor()
         self.update_text()
+        self.update_markers()
+        self.update_colorbar()
+
+    def update_markers(self) -> None:
+        """Numbered circles of the listed findings cut by this slice (vector graphics above the image)."""
+        m = self.model
+        mapping = m.mappings[self.plane]
+        k = m.slice_index(self.plane)
+        circles = []
+        any_markers = False
+        for ov in m.visible_overlays():
+            if hasattr(ov, "circles"):
+                any_markers = any_markers or bool(ov.markers)
+                circles += ov.circles(mapping, k)
+        n_seg = 48
+        ang = np.linspace(0, 2 * np.pi, n_seg, endpoint=False)
+        for flagged, (poly, actor) in self._marker_polys.items():
+            mine = [c for c in circles if c["flagged"] == flagged]
+            if not mine:
+                actor.SetVisibility(False)
+                continue
+            pts = np.zeros((len(mine) * n_seg, 3))
+            for i, c in enumerate(mine):
+                x, y = self.screen_to_world(c["row"], c["col"])
+                pts[i * n_seg:(i + 1) * n_seg, 0] = x + c["radius_mm"] * np.cos(ang)
+                pts[i * n_seg:(i + 1) * n_seg, 1] = y + c["radius_mm"] * np.sin(ang)
+            pts[:, 2] = 0.7
+            vpts = vtk.vtkPoints()
+            vpts.SetData(numpy_support.numpy_to_vtk(pts, deep=True))
+            cells = vtk.vtkCellArray()
+            for i in range(len(mine)):
+                ids = list(range(i * n_seg, (i + 1) * n_seg)) + [i * n_seg]
+                cells.InsertNextCell(len(ids), ids)
+            poly.SetPoints(vpts)
+            poly.SetLines(cells)
+            poly.Modified()
+            actor.SetVisibility(True)
+        labelled = [c for c in circles if c["number"] is not None]
+        while len(self._marker_texts) < len(labelled):
+            t = vtk.vtkTextActor()
+            t.GetPositionCoordinate().SetCoordinateSystemToWorld()
+            tp = t.GetTextProperty()
+            tp.SetFontSize(14)
+            tp.SetBold(True)
+            tp.SetShadow(True)
+            self.renderer.AddViewProp(t)
+            self._marker_texts.append(t)
+        for i, t in enumerate(self._marker_texts):
+            if i >= len(labelled):
+                t.SetVisibility(False)
+                continue
+            c = labelled[i]
+            x, y = self.screen_to_world(c["row"], c["col"])
+            d = c["radius_mm"] * 0.72
+            t.GetPositionCoordinate().SetValue(x + d + 1.0, y + d + 1.0, 0.7)
+            t.SetInput(str(c["number"]))
+            t.GetTextProperty().SetColor(*[v / 255 for v in c["color"]])
+            t.SetVisibility(True)
+        for t in self.legend:
+            t.SetVisibility(any_markers)
+
+    def update_colorbar(self) -> None:
+        """A colour bar for the topmost visible heatmap (Grad-CAM, uncertainty), hidden when none."""
+        bars = [ov for ov in self.model.visible_overlays() if hasattr(ov, "colorbar")]
+        if not bars:
+            self.colorbar.SetVisibility(False)
+            self._colorbar_key = None
+            return
+        lut_rgb, lo, hi, title = bars[-1].colorbar()
+        key = (id(bars[-1]), lo, hi, title)
+        if key != self._colorbar_key:
+            lut = vtk.vtkLookupTable()
+            lut.SetNumberOfTableValues(len(lut_rgb))
+            lut.SetRange(lo, hi if hi > lo else lo + 1)
+            for i, (r, g, b) in enumerate(lut_rgb):
+                lut.SetTableValue(i, r / 255, g / 255, b / 255, 1.0)
+            lut.Build()
+            self.colorbar.SetLookupTable(lut)
+            self.colorbar.SetTitle(title)
+            self._colorbar_key = key
+        self.colorbar.SetVisibility(True)
 
     def update_cursor(self) -> None:
         m = self.model
@@ -303,6 +489,7 @@ class VolumeScene:
         for actor in getattr(self, "_surfaces", []):
             self.renderer.RemoveActor(actor)
         self._surfaces = []
+        self._surface_index = {}
         if labels is None:
             return 0
         vol = self.model.volume
@@ -327,13 +514,79 @@ class VolumeScene:
             self.volume.SetVisibility(False)
         return len(present)
 
+    def clear_surfaces(self) -> None:
+        """Remove every label surface (the volume rendering comes back)."""
+        self.set_labels(None)
+        self.volume.SetVisibility(True)
+
+    def add_surface(self, index: int, points: np.ndarray, triangles: np.ndarray, rgb,
+                    normals: np.ndarray | None = None) -> vtk.vtkActor:
+        """Add one label's surface from arrays (points ``(n, 3)`` LPS mm, triangles ``(m, 3)``),
+        e.g. computed on a worker by ``viewer._qt.workers.label_surfaces``; hides the volume
+        rendering (surfaces replace it while shown)."""
+        if not hasattr(self, "_surfaces"):
+            self._surfaces = []
+        pts = vtk.vtkPoints()
+        pts.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float32), deep=True))
+        tri = np.ascontiguousarray(triangles, dtype=np.int64)
+        cells = vtk.vtkCellArray()
+        offsets = numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(tri) + 1, 3, dtype=np.int64), deep=True)
+        conn = numpy_support.numpy_to_vtkIdTypeArray(tri.ravel(), deep=True)
+        cells.SetData(offsets, conn)
+        poly = vtk.vtkPolyData()
+        poly.SetPoints(pts)
+        poly.SetPolys(cells)
+        if normals is not None and len(normals) == len(points):
+            poly.GetPointData().SetNormals(numpy_support.numpy_to_vtk(np.ascontiguousarray(normals, np.float32), deep=True))
+        mapper = vtk.vtkPolyDataMapper()
+        mapper.SetInputData(poly)
+        mapper.ScalarVisibilityOff()
+        actor = vtk.vtkActor()
+        actor.SetMapper(mapper)
+        r, g, b = rgb
+        actor.GetProperty().SetColor(r / 255, g / 255, b / 255)
+        self.renderer.AddActor(actor)
+        self._surfaces.append(actor)
+        self._surface_index = getattr(self, "_surface_index", {})
+        self._surface_index[int(index)] = actor
+        self.volume.SetVisibility(False)
+        return actor
+
+    def surface_of(self, index: int):
+        """The surface actor of a label added with :meth:`add_surface`, or ``None``."""
+        return getattr(self, "_surface_index", {}).get(int(index))
+
     def show_volume_rendering(self, on: bool) -> None:
         self.volume.SetVisibility(bool(on))
 
-    def set_volume(self, volume: Volume) -> None:
+    def clear(self) -> None:
+        """Drop the volume and surfaces (e.g. while the next volume loads)."""
+        self.set_labels(None)
+        if self.renderer.HasViewProp(self.volume):
+            self.renderer.RemoveVolume(self.volume)
+        self._data = None
+
+    def use_cpu_raycast(self, on: bool) -> None:
+        """CPU ray casting with automatic sample distances (for software OpenGL) instead of the
+        smart mapper's default (GPU when available)."""
+        if on:
+            self.mapper.SetRequestedRenderModeToRayCast()
+            self.mapper.SetAutoAdjustSampleDistances(1)
+            win = self.renderer.GetRenderWindow()
+            if win is not None:
+                win.SetDesiredUpdateRate(20.0)
+        else:
+            self.mapper.SetRequestedRenderModeToDefault()
+
+    def set_volume(self, volume: Volume, strided: tuple | None = None) -> None:
+        """Show ``volume``; ``strided`` = ``(array (z, y, x), spacing (sx, sy, sz) mm)`` from
+        :func:`strided_array` computed beforehand (on a worker) to skip that copy here."""
         self.set_labels(None)
         self.volume.SetVisibility(True)
-        self._data = volume_to_vtk(volume, self.max_dim)
+        if strided is not None:
+            self._data = _image_from_array(strided[0], strided[1], volume)
+        else:
+            self._data = volume_to_vtk(volume, self.max_dim)
         self.mapper.SetInputData(self._data)
         if not self.renderer.HasViewProp(self.volume):
             self.renderer.AddVolume(self.volume)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from radreview.inference.classify import ClassificationResult
 from radreview.inference.package import ModelPackage, PackageError, load_package
 from radreview.inference.segment import SegmentationResult
-from radreview.review.findings import Finding, ReviewSession, findings_from_classification, findings_from_segmentation, study_key
+from radreview.review.findings import (
+    Finding, ReviewSession, finding_from_dict, findings_from_classification, findings_from_segmentation, study_key_info,
+)
+from radreview.review.plausibility import ScanCoverage, scan_coverage
+from radreview.review.runs import SavedRun, load_last_run, save_run
 from radreview.review.store import ReviewStore
 from radreview.studies.jobs import drain
 from radreview.studies.volume import Volume
 
-__all__ = ["AIRun", "default_models", "run_models", "iter_run_models", "open_session"]
+__all__ = ["AIRun", "default_models", "run_models", "iter_run_models", "open_session", "save_ai_run", "restore_last_run",
+           "package_hash", "coverage_of", "segmentation_from_saved"]
 
 
 @dataclass
@@ -25,6 +32,24 @@ class AIRun:
     classifications: dict[str, ClassificationResult] = field(default_factory=dict)
     packages: dict[str, ModelPackage] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    coverage: ScanCoverage | None = None
+
+    def package_hashes(self) -> dict[str, tuple[str, str]]:
+        """``{model_id: (version, package_sha256)}`` of the packages that ran."""
+        return {mid: (pkg.meta["version"], package_hash(pkg)) for mid, pkg in self.packages.items()}
+
+
+def package_hash(pkg: ModelPackage) -> str:
+    """SHA-256 of a package: its exact ``model.json`` bytes plus its file hashes
+    (:attr:`ModelPackage.package_sha256`), so a changed card is a changed package."""
+    return pkg.package_sha256
+
+
+def coverage_of(volume: Volume) -> ScanCoverage | None:
+    """Body-region coverage of a CT (:func:`radreview.review.plausibility.scan_coverage`); ``None`` for other modalities."""
+    if volume.info.modality not in ("CT", ""):
+        return None
+    return scan_coverage(volume.array, volume.spacing, volume.direction)
 
 
 def default_models(volume: Volume) -> list[str]:
@@ -73,7 +98,9 @@ def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dic
                     break
             if pkg.task == "segmentation":
                 run.segmentations[pkg.id] = res
-                run.findings += findings_from_segmentation(res, pkg, overrides)
+                if run.coverage is None:
+                    run.coverage = coverage_of(volume)
+                run.findings += findings_from_segmentation(res, pkg, overrides, run.coverage)
             else:
                 run.classifications[pkg.id] = res
                 run.findings += findings_from_classification(res, pkg, overrides)
@@ -93,5 +120,67 @@ def run_models(volume: Volume, model_ids: list[str], store: ReviewStore | None =
     return drain(iter_run_models(volume, model_ids, thresholds, precision, threads))
 
 
-def open_session(store: ReviewStore, volume: Volume, findings: list[Finding]) -> ReviewSession:
-    return ReviewSession(store, study_key(volume), findings)
+def open_session(store: ReviewStore, volume: Volume, findings: list[Finding],
+                 packages: dict[str, tuple[str, str]] | None = None, actor: str = "radreview") -> ReviewSession:
+    """The review session of a study (keyed by :func:`radreview.review.findings.study_key_info`).
+
+    ``packages`` (``AIRun.package_hashes()``) are recorded at first use per study, and a changed
+    package for a study already reviewed under another is refused.
+
+    Raises
+    ------
+    radreview.review.findings.PackageChanged
+    """
+    k = study_key_info(volume)
+    session = ReviewSession(store, k.key, findings, k.weak)
+    if packages:
+        session.check_packages(packages, actor)
+    return session
+
+
+def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: str = "radreview") -> None:
+    """Persist a run so reopening the study restores it: the findings (table ``findings``) and
+    each model's outputs (:func:`radreview.review.runs.save_run`: the label map ``(z, y, x)``
+    uint8/uint16 with the per-label stats, or the candidate list), with their SHA-256."""
+    store.save_findings(session.key, [f.as_dict() for f in run.findings], actor)
+    for mid, pkg in run.packages.items():
+        version, sha = pkg.meta["version"], package_hash(pkg)
+        if mid in run.segmentations:
+            res = run.segmentations[mid]
+            labels = res.labels.astype(np.uint8 if int(res.labels.max(initial=0)) < 256 else np.uint16)
+            save_run(store, session.key, mid, version, sha, {"labels": labels},
+                     {"task": "segmentation", **res.findings_json(),
+                      "stats": [{**s.as_dict(), "color": list(s.color),
+                                 "centroid_lps": None if s.centroid_lps is None else list(s.centroid_lps)} for s in res.stats]},
+                     actor)
+        elif mid in run.classifications:
+            save_run(store, session.key, mid, version, sha, None,
+                     {"task": "classification", **run.classifications[mid].as_dict()}, actor)
+
+
+def restore_last_run(store: ReviewStore, volume: Volume) -> tuple[list[Finding], dict[str, SavedRun]]:
+    """A study's stored findings and its last saved run outputs (``([], {})`` when never run).
+
+    Raises
+    ------
+    radreview.review.runs.RunChanged
+        A saved run file changed on disk since it was saved.
+    """
+    key = study_key_info(volume).key
+    findings = [finding_from_dict(d) for d in store.load_findings(key)]
+    return findings, load_last_run(store, key)
+
+
+def segmentation_from_saved(saved: SavedRun) -> SegmentationResult | None:
+    """A :class:`SegmentationResult` rebuilt from a saved segmentation run (label map and
+    per-label stats), for drawing the restored overlay; ``None`` if ``saved`` is not one.
+    ``max_prob`` and ``entropy`` are not kept (``None``)."""
+    from radreview.inference.segment import LabelStats
+
+    if saved.data.get("task") != "segmentation" or "labels" not in saved.arrays:
+        return None
+    stats = [LabelStats(int(s["index"]), s["name"], int(s["voxels"]), float(s["volume_ml"]), s.get("confidence"),
+                        tuple(s.get("color") or (255, 0, 0)),
+                        None if s.get("centroid_lps") is None else tuple(s["centroid_lps"])) for s in saved.data.get("stats", [])]
+    return SegmentationResult(saved.model_id, saved.data.get("precision", ""), saved.arrays["labels"], None, None, stats,
+                              float(saved.data.get("seconds", 0.0)), warnings=list(saved.data.get("warnings", [])))

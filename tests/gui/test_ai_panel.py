@@ -32,8 +32,16 @@ def test_run_ai_shows_findings_and_keeps_gui_responsive(window, qtbot):
     assert len(ticks) > 10 and gaps.max() < run_s / 4
     assert panel.table.rowCount() == len(result.stats) == 6
     names = [panel.table.item(r, 1).text() for r in range(panel.table.rowCount())]
-    assert names == ["body", "lungs", "liver", "spleen", "kidneys", "bone"]
-    assert OVERLAY_NAME in window.model.overlays
+    # on this abdominal CT the "lungs" (table foam) and 2 mL of "kidneys" cannot be findings
+    # (review.plausibility): listed as not assessed and not drawn by default
+    assert names == ["body", "lungs (not assessed)", "liver", "spleen", "kidneys (not assessed)", "bone"]
+    shown = {panel.table.item(r, 1).text(): panel.table.item(r, 0).checkState() == Qt.Checked
+             for r in range(panel.table.rowCount())}
+    assert shown == {"body": True, "lungs (not assessed)": False, "liver": True, "spleen": True,
+                     "kidneys (not assessed)": False, "bone": True}
+    overlay = window.model.overlays[OVERLAY_NAME]
+    lungs = next(s.index for s in result.stats if s.name == "lungs")
+    assert overlay.visible.get(lungs) is False
     assert panel.run_button.isEnabled() and not panel.progress.isVisible()
 
 
@@ -97,3 +105,94 @@ def test_label_colour_change_reaches_the_views(window, qtbot):
     assert ((px[:, 0] == 0) & (px[:, 1] == 0) & (px[:, 2] == 255)).sum() > 500  # liver now drawn pure blue
     row = [panel.table.item(r, 1).text() for r in range(panel.table.rowCount())].index("liver")
     assert panel.table.item(row, 1).background().color().getRgb()[:3] == (0, 0, 255)
+
+
+def test_only_listed_findings_are_drawn_numbered_with_legend(window, qtbot):
+    """The table lists the card-bounded candidates as readable rows; exactly those are drawn,
+    numbered as in the list, sized to their diameter; the flagged ones in amber, on top."""
+    from radreview.review.findings import Finding
+    from radreview.viewer._qt.views import grab_pixels
+    from radreview.viewer.overlay import FLAGGED_RGB, HeatmapOverlay
+    from radreview.viewer.workflow import AIRun
+
+    panel = window.ai_panel
+    vol = window.model.volume
+    centres = [vol.index_to_lps([150, 200, 10]), vol.index_to_lps([380, 250, 10]), vol.index_to_lps([260, 380, 4])]
+    findings = [Finding("ct-nodule-2p5d:study", "ct-nodule-2p5d", "classification", "study", 0.8, 0.9,
+                        {"candidates_total": 151, "candidates_listed": 3}, probability=0.8)]
+    for rank, (c, size, conf) in enumerate(zip(centres, (20.0, 8.0, 12.0), (0.95, 0.5, 0.97)), start=1):
+        findings.append(Finding(f"ct-nodule-2p5d:candidate-{rank}", "ct-nodule-2p5d", "candidate", f"candidate-{rank}",
+                                conf, 0.9, {"center_lps": [float(v) for v in c], "size_mm": size}, probability=conf,
+                                operating_threshold=0.5))
+    panel.run_result = AIRun(findings=findings)
+    # a heatmap under the markers: they must stay visible above it
+    heat = np.ones(vol.array.shape, np.float32)
+    window.model.set_overlay("explanation", HeatmapOverlay(heat, opacity=1.0))
+    panel._show_candidates(panel.run_result)
+    ov = window.model.overlays["ai-candidates"]
+    assert [m.number for m in ov.markers] == [1, 2, 3]  # 3 listed, not 151
+    assert [m.flagged for m in ov.markers] == [False, True, False]
+    assert ov.markers[0].radius_mm == 10.0
+    rows = [panel.findings_table.item(r, 0).text() for r in range(panel.findings_table.rowCount())]
+    assert rows[0] == "Nodule 1 - 20 mm - right side - slice 11/20 - p 0.95 - AI positive"
+    assert rows[1].startswith("Nodule 2 - 8 mm - left side - slice 11/20 - p 0.50 - needs review")
+    # click jumps to the finding
+    rect = panel.findings_table.visualItemRect(panel.findings_table.item(1, 0))
+    qtbot.mouseClick(panel.findings_table.viewport(), Qt.LeftButton, pos=rect.center())
+    assert np.allclose(window.model.cursor, centres[1], atol=1e-6)
+    qtbot.wait(20)
+    ax = window.views["axial"]
+    px = grab_pixels(ax).reshape(-1, 3).astype(int)
+    amber = (np.abs(px - np.array(FLAGGED_RGB)).sum(axis=1) < 40).sum()
+    assert amber > 30  # the flagged circle (and its number) drawn above the full-opacity heatmap
+    assert all(t.GetVisibility() for t in ax.scene.legend)
+    texts = [t.GetInput() for t in ax.scene._marker_texts if t.GetVisibility()]
+    assert sorted(texts) == ["1", "2"]  # candidates 1 and 2 lie on this slice; 3 does not
+    # hiding overlays (O) hides the markers too
+    window.model.set_overlays_shown(False)
+    qtbot.wait(20)  # views re-draw on the next event-loop turn
+    assert not any(t.GetVisibility() for t in ax.scene._marker_texts)
+    window.model.set_overlays_shown(True)
+
+
+def test_run_ai_body_outline_surfaces_overall_progress(window, qtbot):
+    """Body drawn as an outline only by default; 3D surfaces arrive from the worker; one
+    progress bar with an ETA for the whole run."""
+    panel = window.ai_panel
+    values, texts = [], []
+    panel.progress.valueChanged.connect(values.append)
+    orig = panel._progress
+
+    def spy(item):
+        orig(item)
+        texts.append(panel.eta.text())
+
+    with qtbot.waitSignal(panel.result_ready, timeout=120000):
+        panel.run()
+        panel.worker.yielded.disconnect()
+        panel.worker.yielded.connect(spy)
+    assert values == sorted(values) and max(values) >= 900  # one bar, never going back
+    assert any("for the whole run" in t for t in texts)
+    body = next(s for s in panel.result.stats if s.name == "body")
+    assert panel.overlay.outline_only == {body.index}
+    k = window.model.slice_index("axial")
+    mapping = window.model.mappings["axial"]
+    lab = mapping.extract(panel.result.labels, k)
+    rgb = np.full(lab.shape + (3,), 100, np.uint8)
+    out = panel.overlay.compose(rgb, mapping, k)
+    from radreview.viewer.overlay import outline
+
+    inner = (lab == body.index) & ~outline(lab)
+    assert inner.sum() > 1000 and (out[inner] == 100).all()  # the body interior is not tinted
+    assert (out[(lab == body.index) & outline(lab)] != 100).any(axis=1).mean() > 0.9
+    panel.uncertainty.setChecked(True)  # the voxel entropy as a heatmap with its colour bar
+    qtbot.wait(20)
+    ax = window.views["axial"]
+    assert "uncertainty" in window.model.overlays and ax.scene.colorbar.GetVisibility()
+    assert ax.scene.colorbar.GetTitle() == "uncertainty (nats)"
+    panel.uncertainty.setChecked(False)
+    assert "uncertainty" not in window.model.overlays
+    qtbot.waitUntil(lambda: not panel.drawing, timeout=30000)
+    meshes = panel.run_result.surface_meshes["ct-organs-2p5d"]
+    assert body.index not in meshes and len(meshes) >= 3
+    assert all(window.view3d.scene.surface_of(i) is not None for i in meshes)

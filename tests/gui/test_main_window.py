@@ -130,8 +130,9 @@ def test_layouts_and_shortcut_sheet(window, qtbot):
     window.set_layout("3d")
     assert window.view3d.isVisible()
     window.set_layout("2x2")
-    qtbot.keyClick(window.views["axial"], Qt.Key_2)
+    qtbot.keyClick(window.views["axial"], Qt.Key_2, Qt.ControlModifier)
     assert window.layout_name == "1x3"
+    window.set_layout("2x2")
     qtbot.keyClick(window.views["axial"], Qt.Key_F1)
     sheet = window._sheet
     assert sheet.isVisible() and sheet.table.rowCount() >= 8
@@ -154,3 +155,107 @@ def test_nifti_and_mr_open(mr_window):
     win = mr_window
     assert win.model.preset == "auto"
     assert win.model.volume.info.modality == "MR"
+
+
+def test_hotkeys_window_presets_overlays_heatmap(window, qtbot):
+    """1-5 apply the W/L presets; O hides/shows every overlay; H the heatmap only."""
+    import numpy as np
+
+    from radreview.viewer.model import window_presets
+    from radreview.viewer.overlay import HeatmapOverlay, LabelOverlay
+    from radreview.viewer._qt.views import grab_pixels
+
+    ax = window.views["axial"]
+    m = window.model
+    for key, name in ((Qt.Key_1, "lung"), (Qt.Key_2, "mediastinum"), (Qt.Key_3, "abdomen"), (Qt.Key_4, "bone"),
+                      (Qt.Key_5, "brain")):
+        qtbot.keyClick(ax, key)
+        assert m.preset == name and m.window == window_presets()[name]
+    assert window.layout_name == "2x2"  # plain digits no longer switch the layout
+    shape = m.volume.array.shape
+    lab = np.zeros(shape, np.uint8)
+    lab[:, 100:300, 100:300] = 1
+    m.set_overlay("seg", LabelOverlay(lab, {1: (0, 0, 255)}, opacity=1.0))
+    heat = np.zeros(shape, np.float32)
+    heat[:, 320:420, 320:420] = 1.0
+    m.set_overlay("heat", HeatmapOverlay(heat, opacity=1.0, title="Grad-CAM"))
+    qtbot.wait(20)
+
+    def counts():
+        px = grab_pixels(ax).reshape(-1, 3).astype(int)
+        blue = ((px[:, 0] == 0) & (px[:, 1] == 0) & (px[:, 2] == 255)).sum()
+        red = ((px[:, 0] == 230) & (px[:, 1] == 0) & (px[:, 2] == 0)).sum()  # heat 1.0 = the LUT's top colour
+        return blue, red
+
+    blue, red = counts()
+    assert blue > 1000 and red > 500 and ax.scene.colorbar.GetVisibility()
+    qtbot.keyClick(ax, Qt.Key_H)
+    blue2, red2 = counts()
+    assert blue2 == blue and red2 == 0 and not ax.scene.colorbar.GetVisibility()
+    qtbot.keyClick(ax, Qt.Key_H)
+    qtbot.keyClick(ax, Qt.Key_O)
+    assert counts() == (0, 0)
+    qtbot.keyClick(ax, Qt.Key_O)
+    assert counts() == (blue, red)
+
+
+def test_never_frozen_stalls_on_chest_ct(qtbot, data_dir, capsys):
+    """Event-loop stalls on the real chest CT in the default 2x2 layout with 3D: opening, Run AI
+    (results drawn), scrolling with overlays + heatmap. Prints the figures; asserts only bounds
+    that catch a regression to multi-second freezes (timings depend on the machine's load)."""
+    import time
+
+    import numpy as np
+    from PySide6.QtCore import QTimer
+
+    from radreview.viewer._qt.main_window import MainWindow
+    from radreview.viewer.overlay import HeatmapOverlay
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(2)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+
+    def stall(t0, t1):
+        ts = [t0] + [t for t in ticks if t0 <= t <= t1] + [t1]
+        return float(np.max(np.diff(ts)))
+
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.resize(1800, 1100)
+    win.show()
+    qtbot.waitExposed(win)
+    marks = {}
+    win.first_image_shown.connect(lambda: marks.setdefault("first", time.perf_counter()))
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(win.volume_loaded, timeout=60000):
+        win.open_path(str(data_dir / "ct-chest-tumor" / "series_B70f"))
+    qtbot.waitUntil(lambda: win.view3d.built, timeout=30000)
+    qtbot.wait(300)
+    open_stall = stall(t0, time.perf_counter())
+    first = marks["first"] - t0
+    panel = win.ai_panel
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(panel.result_ready, timeout=180000):
+        panel.run()
+    t_ready = time.perf_counter()
+    qtbot.waitUntil(lambda: not panel.drawing, timeout=30000)
+    qtbot.wait(300)
+    run_stall = stall(t_ready - 0.5, time.perf_counter())
+    seg = next(iter(panel.run_result.segmentations.values()))
+    ent = np.asarray(seg.entropy, np.float32)
+    win.model.set_overlay("uncertainty", HeatmapOverlay(ent / max(float(ent.max()), 1e-6), title="uncertainty"))
+    times = []
+    for i in range(20):
+        t = time.perf_counter()
+        win.model.scroll("axial", 1 if (i // 5) % 2 == 0 else -1)
+        qtbot.wait(0)
+        times.append(time.perf_counter() - t)
+    timer.stop()
+    p50, p95 = np.percentile(np.array(times) * 1000, [50, 95])
+    with capsys.disabled():
+        print(f"\n[stalls] open: first image {first:.2f} s, longest stall {open_stall:.2f} s; Run AI "
+              f"{t_ready - t0:.1f} s, longest stall while drawn {run_stall:.2f} s; scroll p50 {p50:.0f} ms p95 {p95:.0f} ms")
+    assert first < 10 and open_stall < 2.0 and run_stall < 2.0 and p95 < 2000
+    win.close()

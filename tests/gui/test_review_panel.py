@@ -1,15 +1,17 @@
-"""The review workflow through the widgets: flag banner, refusal, decisions, sign-off, restore."""
+"""The review workflow through the widgets: four states, banner, refusal, keys, sign-off lock, addendum, restore."""
 
 from __future__ import annotations
 
 import json
 
-from PySide6.QtCore import Qt
+import numpy as np
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QApplication
 
-from radreview.review.findings import study_key
+from radreview.review.findings import FindingStatus, study_key
 from radreview.review.store import ReviewStore
+from radreview.viewer._qt.review_panel import FLAG_BG, HEATMAP, STATUS_COLORS
 from tests.qt_fixtures import open_window
-from radreview.viewer._qt.review_panel import FLAG_BG, HEATMAP
 
 
 def run_ai(win, qtbot):
@@ -18,49 +20,109 @@ def run_ai(win, qtbot):
     return blocker.args[0]
 
 
-def test_flag_refuse_decide_sign_off_restore(window, qtbot, ct_series):
+def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series):
     run = run_ai(window, qtbot)
     panel = window.review_panel
-    flagged = [f for f in run.findings if f.needs_review]
-    assert flagged, "the sample CT has low-confidence findings"
-    # banner names the count; flagged rows are marked
-    assert window.banner.isVisible() and f"{len(flagged)} low-confidence" in window.banner.text()
-    for r, f in enumerate(panel.findings()):
-        assert (panel.table.item(r, 3).text() == "Needs review") == f.needs_review
-        if f.needs_review:
-            assert panel.table.item(r, 0).background().color() == FLAG_BG
-    # the overlay draws flagged labels in their own (hatched) style
-    ov = window.model.overlays["ai-segmentation"]
-    assert ov.flagged == {s.index for s in run.segmentations["ct-organs-2p5d"].stats
-                          if any(f.name == s.name for f in flagged)}
-    # sign-off refused while flagged findings lack a decision
+    by_id = {f.id: f for f in run.findings}
+    # the four states: rows coloured by state, Not assessed listed apart with the reason
+    rows = panel.rows()
+    assert rows and all(f.status is not FindingStatus.NOT_ASSESSED for f in rows)
+    for r, f in enumerate(rows):
+        assert panel.table.item(r, panel.STATUS_COL).text() == f.status.label
+        assert panel.table.item(r, 0).background().color() == STATUS_COLORS[f.status]
+    assert STATUS_COLORS[FindingStatus.NEEDS_REVIEW] == FLAG_BG  # amber
+    skipped = [f for f in run.findings if f.status is FindingStatus.NOT_ASSESSED]
+    assert {f.name for f in skipped} >= {"lungs", "kidneys"}  # table-foam "lungs", 2 mL "kidneys" on an abdominal CT
+    texts = [panel.not_assessed.item(i).text() for i in range(panel.not_assessed.count())]
+    assert any(t.startswith("kidneys") and "40 mL" in t for t in texts)
+    assert "Weak study key" in panel.key_label.text()  # the sample CT has no Study Instance UID
+    pending = [f for f in run.findings if f.requires_decision]
+    assert any(f.status is FindingStatus.AI_POSITIVE for f in pending)
+    assert window.banner.isVisible() and f"{len(pending)} finding(s) need a decision" in window.banner.text()
+    # sign-off refused while findings lack a decision; the refusal lists them
     with qtbot.waitSignal(panel.signoff_refused) as refused:
         qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
-    assert sorted(refused.args[0]) == sorted(f.id for f in flagged)
+    assert sorted(refused.args[0]) == sorted(f.id for f in pending)
     assert "sign-off refused" in panel.message.text()
     panel.reviewer.setText("dr gui")
-    for i, f in enumerate(flagged):
-        panel.select(f.id)
-        panel.reason.setText("checked on the images")
-        with qtbot.waitSignal(panel.decision_saved):
-            qtbot.mouseClick(panel.reject_b if i == 0 else panel.accept_b, Qt.LeftButton)
+    # keyboard: N jumps to the first finding needing a decision, R rejects it, Shift+N goes back
+    panel.table.setFocus()
+    qtbot.keyClick(panel.table, Qt.Key_N)
+    first = panel.selected()
+    assert first is not None and first.id == pending[0].id
+    with qtbot.waitSignal(panel.decision_saved):
+        qtbot.keyClick(panel.table, Qt.Key_R)
+    assert panel.session.decisions[first.id]["decision"] == "reject"
+    remaining = [f.id for f in panel.rows() if f.id in {p.id for p in panel.session.pending()}]
+    qtbot.keyClick(panel.table, Qt.Key_N)
+    assert panel.selected().id == remaining[0]
+    qtbot.keyClick(panel.table, Qt.Key_N, Qt.ShiftModifier)  # previous, wrapping to the last one
+    assert panel.selected().id == remaining[-1]
+    qtbot.keyClick(panel.table, Qt.Key_N)  # next, wrapping to the first one
+    second = panel.selected()
+    assert second.id == remaining[0]
+    with qtbot.waitSignal(panel.decision_saved):  # A accepts the selected one
+        qtbot.keyClick(panel.table, Qt.Key_A)
+    assert panel.session.decisions[second.id]["decision"] == "accept"
+    # the remaining Needs review ones by button, the AI positives in one explicit, logged action
+    for f in panel.session.pending():
+        if f.status is FindingStatus.NEEDS_REVIEW:
+            panel.select(f.id)
+            with qtbot.waitSignal(panel.decision_saved):
+                qtbot.mouseClick(panel.accept_b, Qt.LeftButton)
+    with qtbot.waitSignal(panel.positives_confirmed) as confirmed:
+        qtbot.mouseClick(panel.confirm_all_b, Qt.LeftButton)
+    assert confirmed.args[0] and all(by_id[i].status is FindingStatus.AI_POSITIVE for i in confirmed.args[0])
     assert not window.banner.isVisible()
     with qtbot.waitSignal(panel.signed_off):
         qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
+    # read-only after sign-off: buttons off, keys refused, a second sign-off refused
+    assert not panel.accept_b.isEnabled() and not panel.confirm_all_b.isEnabled() and panel.addendum_b.isEnabled()
+    panel.select(first.id)
+    qtbot.keyClick(panel.table, Qt.Key_A)
+    assert panel.session.decisions[first.id]["decision"] == "reject" and "Addendum" in panel.message.text()
+    with qtbot.waitSignal(panel.signoff_refused):
+        qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
+    assert "nothing changed" in panel.message.text()
+    # an addendum: a reason, a logged change shown as such, and a new sign-off
+    assert not panel.start_addendum("  ")
+
+    def answer_dialog():  # the real "Addendum…" dialog: type the reason, press OK
+        dlg = QApplication.activeModalWidget()
+        dlg.setTextValue("second read: it is real")
+        dlg.accept()
+
+    QTimer.singleShot(300, answer_dialog)
+    qtbot.mouseClick(panel.addendum_b, Qt.LeftButton)
+    assert panel.accept_b.isEnabled() and "second read" in panel.message.text()
+    panel.select(first.id)
+    with qtbot.waitSignal(panel.decision_saved):
+        qtbot.mouseClick(panel.accept_b, Qt.LeftButton)
+    r = [f.id for f in panel.rows()].index(first.id)
+    assert panel.table.item(r, panel.DECISION_COL).text() == "accept (addendum)"
+    assert "addendum pending sign-off" in panel.state_label.text()
+    with qtbot.waitSignal(panel.signed_off):
+        qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
     key = study_key(window.model.volume)
+    labels = run.segmentations["ct-organs-2p5d"].labels.copy()
     window.close()
-    # reopening the study restores findings, decisions and the sign-off
+    # reopening the study restores findings, decisions, the sign-off, the label map and the reviewer
     win2 = open_window(qtbot, ct_series)
     p2 = win2.review_panel
     assert [f.id for f in p2.findings()] == [f.id for f in run.findings]
-    decided = {p2.table.item(r, 0).text(): p2.table.item(r, 4).text() for r in range(p2.table.rowCount())}
-    assert decided[flagged[0].id] == "reject" and all(decided[f.id] == "accept" for f in flagged[1:])
-    assert "Signed off by dr gui" in p2.message.text()
+    assert [f.status for f in p2.findings()] == [f.status for f in run.findings]
+    decided = {p2.table.item(r, 0).text(): p2.table.item(r, p2.DECISION_COL).text() for r in range(p2.table.rowCount())}
+    assert decided[first.id] == "accept (addendum)" and decided[second.id] == "accept"
+    assert "Signed off by dr gui" in p2.state_label.text() and not p2.accept_b.isEnabled()
+    assert p2.reviewer.text() == "dr gui"
+    ov = win2.model.overlays.get("ai-segmentation")
+    assert ov is not None and np.array_equal(ov.labels, labels)
     store = ReviewStore()
     assert store.verify_audit().ok
     actions = [r[3] for r in store.audit_rows()]
-    assert actions.count("decision") == len(flagged) and "sign-off" in actions and "ai-run" in actions
-    assert store.decisions(key)[flagged[0].id]["reason"] == "checked on the images"
+    assert actions.count("confirm-all-positives") == 1 and actions.count("sign-off") == 2 and "run-saved" in actions
+    assert store.decisions(key)[first.id]["addendum"] is True
+    assert store.decisions(key)[first.id]["reason"].startswith("second read: it is real")
     win2.close()
 
 
@@ -69,7 +131,7 @@ def test_threshold_change_is_logged_and_reflags(window, qtbot):
     panel = window.review_panel
     panel.reviewer.setText("dr t")
     liver = next(f for f in panel.findings() if f.name == "liver")
-    assert not liver.needs_review
+    assert liver.status is FindingStatus.AI_POSITIVE
     panel.change_threshold("ct-organs-2p5d", "liver", 0.999)
     assert next(f for f in panel.findings() if f.name == "liver").needs_review
     assert window.banner.isVisible()

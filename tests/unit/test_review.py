@@ -17,10 +17,11 @@ from radreview.review.store import ReviewStore, StoreCorrupt
 
 def findings():
     return [
-        Finding("m:liver", "m", "segmentation", "liver", 0.95, 0.85, {"volume_ml": 1500.0}),
-        Finding("m:lungs", "m", "segmentation", "lungs", 0.70, 0.85),
-        Finding("n:study", "n", "classification", "study", 0.62, 0.9),
-        Finding("n:candidate-1", "n", "candidate", "candidate-1", 0.97, 0.9, {"size_mm": 12.0}),
+        Finding("m:liver", "m", "segmentation", "liver", 0.95, 0.85, {"volume_ml": 1500.0, "voxels": 9000}),
+        Finding("m:lungs", "m", "segmentation", "lungs", 0.70, 0.85, {"voxels": 500}),
+        Finding("n:study", "n", "classification", "study", 0.62, 0.9, probability=0.62, operating_threshold=0.5),
+        Finding("n:candidate-1", "n", "candidate", "candidate-1", 0.97, 0.9, {"size_mm": 12.0}, probability=0.03,
+                operating_threshold=0.5),
     ]
 
 
@@ -28,7 +29,9 @@ def test_flags_follow_thresholds():
     f = {x.id: x for x in findings()}
     assert not f["m:liver"].needs_review and f["m:lungs"].needs_review
     assert f["n:study"].needs_review and not f["n:candidate-1"].needs_review
-    assert Finding("x", "m", "segmentation", "kidneys", None, 0.85).needs_review  # no confidence: flagged
+    assert Finding("x", "m", "segmentation", "kidneys", None, 0.85, {"voxels": 3}).needs_review  # no confidence: flagged
+    assert [f[k].status.value for k in ("m:liver", "m:lungs", "n:study", "n:candidate-1")] == [
+        "ai_positive", "needs_review", "needs_review", "ai_negative"]
 
 
 def test_sign_off_gate_and_restore(tmp_path):
@@ -37,9 +40,11 @@ def test_sign_off_gate_and_restore(tmp_path):
     s = ReviewSession(store, "study:1", findings())
     with pytest.raises(SignOffRefused) as err:
         s.sign_off("dr a")
-    assert [f.id for f in err.value.pending] == ["m:lungs", "n:study"]
+    # liver is AI positive (confident, segmented): it needs a decision as well
+    assert [f.id for f in err.value.pending] == ["m:liver", "m:lungs", "n:study"]
     assert "m:lungs" in str(err.value) and "n:study" in str(err.value)
     s.decide("lungs", "reject", "dr a", "table foam, not lung")
+    s.decide("liver", "accept", "dr a")
     with pytest.raises(SignOffRefused, match="n:study"):
         s.sign_off("dr a")
     s.decide("n:study", "accept", "dr a")
@@ -50,7 +55,7 @@ def test_sign_off_gate_and_restore(tmp_path):
     store2 = ReviewStore(db)
     s2 = ReviewSession(store2, "study:1", findings())
     assert s2.decisions["m:lungs"] == {"decision": "reject", "reviewer": "dr a", "reason": "table foam, not lung",
-                                       "ts": s2.decisions["m:lungs"]["ts"]}
+                                       "ts": s2.decisions["m:lungs"]["ts"], "addendum": False}
     assert s2.pending() == [] and len(s2.signed_off()) == 1
     assert store2.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store2.verify_audit().ok
@@ -90,7 +95,7 @@ def test_audit_detects_edit_delete_and_truncation(tmp_path):
     raw = sqlite3.connect(db)
     raw.execute("UPDATE audit SET payload = replace(payload, 'reject', 'accept') WHERE id = 2")
     raw.commit()
-    rep = ReviewStore(db).verify_audit()
+    rep = ReviewStore(db, verify=False).verify_audit()
     assert not rep.ok and any("row 2" in p and "edited" in p for p in rep.problems)
     # delete the last row (the chain alone cannot see it; the head can)
     db2 = tmp_path / "r2.sqlite"
@@ -101,10 +106,10 @@ def test_audit_detects_edit_delete_and_truncation(tmp_path):
     raw = sqlite3.connect(db2)
     raw.execute("DELETE FROM audit WHERE id = (SELECT MAX(id) FROM audit)")
     raw.commit()
-    assert not ReviewStore(db2).verify_audit().ok
+    assert not ReviewStore(db2, verify=False).verify_audit().ok
     raw.execute("DELETE FROM audit WHERE id = 1")
     raw.commit()
-    rep = ReviewStore(db2).verify_audit()
+    rep = ReviewStore(db2, verify=False).verify_audit()
     assert any("missing" in p or "link broken" in p for p in rep.problems)
 
 
@@ -156,23 +161,32 @@ def _cli(*args, db):
 def test_cli_review_refuses_then_signs_off(ct_series, tmp_path):
     db = tmp_path / "r.sqlite"
     p = _cli("review", str(ct_series), "--model", "ct-organs-2p5d", "--reviewer", "dr cli", "--json", db=db)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 2 and "no such review database" in p.stderr and not db.exists()  # --db must exist...
+    p = _cli("review", str(ct_series), "--model", "ct-organs-2p5d", "--reviewer", "dr cli", "--json", "--create", db=db)
+    assert p.returncode == 0, p.stderr  # ...unless --create
     data = json.loads(p.stdout.strip().splitlines()[-1])
-    flagged = [f["id"] for f in data["findings"] if f["needs_review"]]
-    assert flagged, "the sample CT should have at least one low-confidence finding"
-    p = _cli("review", str(ct_series), "--model", "ct-organs-2p5d", "--reviewer", "dr cli", "--sign-off", db=db)
-    assert p.returncode != 0
+    statuses = {f["id"]: f["status"] for f in data["findings"]}
+    assert set(statuses.values()) <= {"needs_review", "ai_positive", "ai_negative", "not_assessed"}
+    flagged = [fid for fid, st in statuses.items() if st in ("needs_review", "ai_positive")]
+    assert flagged, "the sample CT should have findings that need a decision"
+    assert all(f["reason"] for f in data["findings"] if f["status"] == "not_assessed")
+    p = _cli("review", str(ct_series), "--model", "ct-organs-2p5d", "--reviewer", "dr cli", "--sign-off", "--reuse-last-run",
+             db=db)
+    assert p.returncode == 2
     assert "sign-off refused" in p.stderr and all(fid in p.stderr for fid in flagged)
     decide = sum((["--decide", f"{fid}=accept"] for fid in flagged), [])
     p = _cli("review", str(ct_series), "--model", "ct-organs-2p5d", "--reviewer", "dr cli", *decide,
-             "--reason", "checked", "--sign-off", db=db)
+             "--reason", "checked", "--sign-off", "--reuse-last-run", db=db)
     assert p.returncode == 0, p.stderr
     assert "signed off by dr cli" in p.stdout
     p = _cli("audit", "verify", db=db)
     assert p.returncode == 0 and "hash chain intact" in p.stdout
     raw = sqlite3.connect(db)
-    raw.execute("UPDATE decisions SET decision = 'reject'")  # the decisions table is not the audit log...
-    raw.execute("UPDATE audit SET actor = 'someone else' WHERE id = 1")  # ...but editing the log is caught
+    raw.execute("UPDATE decisions SET decision = 'reject'")  # the decisions table is checked against the audit log
     raw.commit()
     p = _cli("audit", "verify", db=db)
-    assert p.returncode != 0 and "FAILED" in p.stderr
+    assert p.returncode == 2 and "FAILED" in p.stderr and "decisions table" in p.stderr
+    raw.execute("UPDATE audit SET actor = 'someone else' WHERE id = 1")  # and editing the log is caught
+    raw.commit()
+    p = _cli("audit", "verify", db=db)
+    assert p.returncode == 2 and "FAILED" in p.stderr and "row 1" in p.stderr

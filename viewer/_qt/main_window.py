@@ -32,11 +32,18 @@ SHORTCUTS = [
     ("Ctrl + wheel", "Zoom"),
     ("R", "Reset zoom and pan of the view under focus"),
     ("Left drag in 3D", "Rotate the 3D view"),
-    ("1 / 2 / 3 / 4", "Layout 2x2 / 1x3 / axial / 3D"),
+    ("1 / 2 / 3 / 4 / 5", "W/L preset lung / mediastinum / abdomen / bone / brain"),
+    ("O", "Show / hide all overlays (segmentation, markers, heatmaps)"),
+    ("H", "Show / hide the heatmap (Grad-CAM, uncertainty)"),
+    ("M / Shift+M / E / Shift+E", "Measure: ruler / angle / ellipse ROI / rectangle ROI (Esc: back to crosshair)"),
+    ("Ctrl+1 / 2 / 3 / 4", "Layout 2x2 / 1x3 / axial / 3D"),
     ("Ctrl+O / Ctrl+Shift+O", "Open folder / open file"),
     ("Ctrl+S", "Screenshot of the views to a PNG"),
     ("F1", "This sheet"),
 ]
+
+
+HOTKEY_PRESETS = {Qt.Key_1: "lung", Qt.Key_2: "mediastinum", Qt.Key_3: "abdomen", Qt.Key_4: "bone", Qt.Key_5: "brain"}
 
 
 class SeriesBrowser(QTreeWidget):
@@ -129,6 +136,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self) -> None:
         super().__init__()
+        import radreview.viewer.workflow  # noqa: F401 - import once now, not on the GUI thread at the first open
         self.setWindowTitle("radreview")
         self.model = ViewerModel()
         self.views: dict[str, SliceView] = {p: SliceView(self.model, p) for p in PLANES}
@@ -173,7 +181,23 @@ class MainWindow(QMainWindow):
         rv_dock.setWidget(self.review_panel)
         self.addDockWidget(Qt.RightDockWidgetArea, rv_dock)
         self.review_panel.pending_changed.connect(self._pending_changed)
+        self.review_panel.run_restored.connect(self._run_restored)
+        from .measure_panel import MeasurePanel
 
+        self.measure_panel = MeasurePanel(self.model, self.views)
+        self.measure_panel.store = self.review_panel.store
+        self.measure_panel.reviewer = lambda: self.review_panel.reviewer.text()
+        ms_dock = QDockWidget("Measurements", self)
+        ms_dock.setWidget(self.measure_panel)
+        self.addDockWidget(Qt.RightDockWidgetArea, ms_dock)
+        self.tabifyDockWidget(rv_dock, ms_dock)
+        rv_dock.raise_()
+        self.measure_dock = ms_dock
+        self.ai_panel.measure_panel = self.measure_panel
+
+        from .pacs_panel import install_pacs_tab
+
+        install_pacs_tab(self, dock)  # "Local" | "PACS" tabs in the Studies dock (self.pacs_panel)
         self.readout = QLabel("")
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(260)
@@ -184,6 +208,9 @@ class MainWindow(QMainWindow):
             v.readout.connect(self.readout.setText)
 
         self._build_toolbar()
+        from .compare_panel import install_edit_compare  # Edit/Compare docks, "ai|manual" layout (issue 7)
+
+        install_edit_compare(self)
         self.set_layout("2x2")
         self.resize(1400, 900)
 
@@ -211,29 +238,65 @@ class MainWindow(QMainWindow):
         self.preset3d_box.addItems(list(volume_render_presets()))
         self.preset3d_box.currentTextChanged.connect(self.view3d.set_preset)
         tb.addWidget(self.preset3d_box)
+        self.cursor3d_action = QAction("3D cursor", self, checkable=True,
+                                       toolTip="Show the crosshair point in 3D (re-renders the 3D view when it moves)")
+        self.cursor3d_action.toggled.connect(self.view3d.set_cursor_shown)
+        tb.addAction(self.cursor3d_action)
         tb.addSeparator()
         tb.addAction(QAction("Screenshot…", self, shortcut=QKeySequence("Ctrl+S"), triggered=self._ask_screenshot))
         help_act = QAction("Shortcuts", self, shortcut=QKeySequence(Qt.Key_F1), triggered=self.show_shortcuts)
         tb.addAction(help_act)
-        for key, name in (("1", "2x2"), ("2", "1x3"), ("3", "axial"), ("4", "3d")):
+        for key, name in (("Ctrl+1", "2x2"), ("Ctrl+2", "1x3"), ("Ctrl+3", "axial"), ("Ctrl+4", "3d")):
             a = QAction(self, shortcut=QKeySequence(key), triggered=lambda _=False, n=name: self.layout_box.setCurrentText(n))
             self.addAction(a)
         self.toolbar = tb
 
     def _pending_changed(self, n: int) -> None:
-        self.banner.setText(f"\u26a0 Needs review: {n} low-confidence finding(s) need a decision before sign-off")
+        self.banner.setText(f"\u26a0 {self.review_panel.pending_summary()}")
         self.banner.setVisible(n > 0)
+
+    def _run_restored(self, saved: dict) -> None:
+        """Reopened study: draw its last run's label map again (findings are in the review panel)."""
+        from ..workflow import segmentation_from_saved
+
+        for run in saved.values():
+            seg = segmentation_from_saved(run)
+            if seg is not None and self.model.volume is not None and seg.labels.shape == self.model.volume.array.shape:
+                flagged = {f.name for f in self.review_panel.findings() if f.needs_review and f.model_id == seg.model_id}
+                self.ai_panel.show_result(seg, flagged)
+                break
 
     def keyPressEvent(self, ev):  # noqa: N802
         """Key events the views did not use (also covers a session without window activation,
         e.g. under a bare X server, where QAction shortcuts do not fire)."""
         layouts = {Qt.Key_1: "2x2", Qt.Key_2: "1x3", Qt.Key_3: "axial", Qt.Key_4: "3d"}
+        mods = ev.modifiers() & ~Qt.KeypadModifier
         if ev.key() == Qt.Key_F1:
             self.show_shortcuts()
-        elif ev.key() in layouts and not ev.modifiers():
+        elif ev.key() in layouts and mods == Qt.ControlModifier:
             self.layout_box.setCurrentText(layouts[ev.key()])
+        elif ev.key() in HOTKEY_PRESETS and not mods:
+            self.apply_hotkey_preset(ev.key())
+        elif ev.key() == Qt.Key_O and not mods:
+            self.model.set_overlays_shown(not self.model.overlays_shown)
+        elif ev.key() == Qt.Key_H and not mods:
+            self.model.set_heatmaps_shown(not self.model.heatmaps_shown)
+        elif ev.key() in (Qt.Key_M, Qt.Key_E) and mods in (Qt.NoModifier, Qt.ShiftModifier) and hasattr(self, "measure_panel"):
+            kind = {(Qt.Key_M, False): "ruler", (Qt.Key_M, True): "angle", (Qt.Key_E, False): "ellipse",
+                    (Qt.Key_E, True): "rectangle"}[(ev.key(), mods == Qt.ShiftModifier)]
+            self.measure_panel.start_tool(kind)
+            self.measure_dock.raise_()
         else:
             super().keyPressEvent(ev)
+
+    def apply_hotkey_preset(self, key) -> None:
+        """W/L preset of hot key 1-5 (:data:`HOTKEY_PRESETS`), CT only."""
+        if self.model.volume is None:
+            return
+        name = HOTKEY_PRESETS[key]
+        self.model.apply_preset(name)
+        if self.preset_box.findText(name) >= 0:
+            self.preset_box.setCurrentText(name)
 
     def show_shortcuts(self) -> ShortcutSheet:
         sheet = ShortcutSheet(self)
@@ -242,7 +305,11 @@ class MainWindow(QMainWindow):
         return sheet
 
     def set_layout(self, name: str) -> None:
-        ports = layout_viewports(name)
+        extra = getattr(self, "extra_layouts", {})  # name -> place(grid), e.g. "ai|manual" (compare_panel)
+        for w in getattr(self, "extra_views", []):
+            self.grid.removeWidget(w)
+            w.setVisible(False)
+        ports = {} if name in extra else layout_viewports(name)
         widgets = {**self.views, "3d": self.view3d}
         for w in widgets.values():
             self.grid.removeWidget(w)
@@ -262,6 +329,10 @@ class MainWindow(QMainWindow):
             self.grid.setRowStretch(r, 1)
             self.grid.setColumnStretch(c, 1)
             w.setVisible(True)
+        if name in extra:
+            extra[name](self.grid)
+        elif hasattr(self, "compare_layout"):
+            self.compare_layout.hidden()
         self.layout_name = name
         if self.layout_box.currentText() != name:
             self.layout_box.setCurrentText(name)
@@ -388,7 +459,7 @@ class MainWindow(QMainWindow):
         ratio = central.devicePixelRatioF()
         h, w = int(central.height() * ratio), int(central.width() * ratio)
         canvas = np.zeros((h, w, 3), dtype=np.uint8)
-        for v in [*self.views.values(), self.view3d]:
+        for v in [*self.views.values(), self.view3d, *getattr(self, "extra_views", [])]:
             if not v.isVisible():
                 continue
             px = grab_pixels(v)

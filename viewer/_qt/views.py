@@ -6,6 +6,20 @@ Mouse/keyboard (also listed in the F1 sheet):
 * wheel, Up/Down arrows: previous/next slice; PageUp/PageDown: 10 slices
 * right drag: window (horizontal) / level (vertical)
 * middle drag: pan; Ctrl+wheel: zoom; R: reset zoom/pan
+* with an interaction tool set (:meth:`SliceView.set_tool`: ruler, ROI, brush...): the left
+  button drives the tool instead of the crosshair; Esc clears the tool
+
+Interaction-tool hook
+---------------------
+A tool is any object with ``press``, ``move`` and ``release`` methods, each called as
+``tool.press(view, lps_xyz, index_zyx, event)``: ``view`` is the :class:`SliceView`,
+``lps_xyz`` the LPS point (mm, ``np.ndarray`` of shape ``(3,)``) under the mouse on the shown
+slice, ``index_zyx`` the continuous voxel index ``(z, y, x)`` (float ``np.ndarray`` ``(3,)``;
+``np.rint(...).astype(int)`` for the voxel) and ``event`` the ``QMouseEvent``. ``move`` is
+called while the left button is held. Optional methods: ``hover(view, lps, index_zyx, event)``
+(mouse moves without a button), ``draw(view)`` (called after every re-render of the slice, to
+update the tool's own VTK actors in ``view.scene.renderer``) and ``deactivate(view)`` (the tool
+was replaced or cleared). A tool calls ``view.request_redraw()`` after changing its actors.
 """
 
 from __future__ import annotations
@@ -37,6 +51,26 @@ class _VTKHost(QVTKRenderWindowInteractor):
         if self.isVisible():
             self.GetRenderWindow().Render()
 
+    def render_later(self) -> None:
+        """Render once when control returns to the event loop (coalesces the several model
+        signals of one change, e.g. a new volume emits volume, window and cursor changes)."""
+        if not getattr(self, "_render_posted", False):
+            self._render_posted = True
+            from PySide6.QtCore import QTimer
+
+            QTimer.singleShot(0, self._posted_render)
+
+    def _posted_render(self) -> None:
+        self._render_posted = False
+        try:
+            self.flush()
+            self.render_now()
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
+
+    def flush(self) -> None:
+        """Apply deferred scene updates now (before grabbing pixels)."""
+
     def _display_xy(self, pos) -> tuple[float, float]:
         ratio = self.devicePixelRatioF()
         return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
@@ -53,9 +87,13 @@ class _VTKHost(QVTKRenderWindowInteractor):
 
 
 class SliceView(_VTKHost):
-    """One linked MPR plane. Emits ``readout(str)`` with HU/LPS under the mouse."""
+    """One linked MPR plane. Emits ``readout(str)`` with HU/LPS under the mouse.
+
+    ``tool_changed(object)`` is emitted with the new tool (or ``None``) by :meth:`set_tool`.
+    """
 
     readout = Signal(str)
+    tool_changed = Signal(object)
 
     def __init__(self, model: ViewerModel, plane: str, parent=None) -> None:
         super().__init__(parent)
@@ -66,6 +104,9 @@ class SliceView(_VTKHost):
         self.setMouseTracking(True)
         self._drag = None
         self._last_index = None
+        self.tool = None
+        self._tool_drag = False
+        self._painters: list = []
         model.volume_changed.connect(self._on_volume)
         model.cursor_changed.connect(self._on_cursor)
         model.window_changed.connect(self._on_window)
@@ -78,10 +119,13 @@ class SliceView(_VTKHost):
         self.scene._shape = None
         self.scene.update_image()
         self._last_index = self.model.slice_index(self.plane)
-        self.render_now()
+        self.render_later()
 
     def _on_cursor(self, _lps) -> None:
         if self.model.volume is None:
+            return
+        if not self.isVisible():  # hidden (other layout): redrawn when shown
+            self._stale = True
             return
         k = self.model.slice_index(self.plane)
         if k != self._last_index:
@@ -90,10 +134,21 @@ class SliceView(_VTKHost):
         else:
             self.scene.update_cursor()
             self.scene.update_text()
-        self.render_now()
+        self.render_later()
 
     def _on_window(self, *_):
         if self.model.volume is not None:
+            if not self.isVisible():
+                self._stale = True
+                return
+            self.scene.update_image()
+            self.render_later()
+
+    def showEvent(self, ev):  # noqa: N802
+        super().showEvent(ev)
+        if getattr(self, "_stale", False) and self.model.volume is not None:
+            self._stale = False
+            self._last_index = self.model.slice_index(self.plane)
             self.scene.update_image()
             self.render_now()
 
@@ -102,10 +157,63 @@ class SliceView(_VTKHost):
             self.scene.reset_camera()
 
     def refresh(self) -> None:
-        """Re-draw the slice (after an overlay changed)."""
+        """Re-draw the slice (after an overlay changed); deferred to the event loop, so several
+        overlay changes in one turn cost one re-slice and one render."""
         if self.model.volume is not None:
+            if not self.isVisible():
+                self._stale = True
+                return
+            self._dirty = True
+            self.render_later()
+
+    def flush(self) -> None:
+        if getattr(self, "_dirty", False) and self.model.volume is not None:
+            self._dirty = False
             self.scene.update_image()
-            self.render_now()
+
+    # ---------------------------------------------------------------- interaction tools
+    def set_tool(self, tool) -> None:
+        """Route left-button press/move/release to ``tool`` (see the module docstring); ``None`` clears it."""
+        if tool is self.tool:
+            return
+        old, self.tool = self.tool, tool
+        self._tool_drag = False
+        if old is not None and hasattr(old, "deactivate"):
+            old.deactivate(self)
+        self.setCursor(Qt.CrossCursor if tool is not None else Qt.ArrowCursor)
+        self.tool_changed.emit(tool)
+        self.request_redraw()
+
+    def request_redraw(self) -> None:
+        """Re-render the view (the tool's actors included), without re-slicing the image."""
+        self.render_now()
+
+    def add_painter(self, painter) -> None:
+        """Call ``painter.draw(view)`` before every render (persistent annotations, e.g. measurements)."""
+        if painter not in self._painters:
+            self._painters.append(painter)
+
+    def render_now(self) -> None:
+        for p in self._painters:
+            p.draw(self)
+        if self.tool is not None and hasattr(self.tool, "draw"):
+            self.tool.draw(self)
+        super().render_now()
+
+    def event_lps_index(self, pos) -> tuple[np.ndarray, np.ndarray]:
+        """``(lps_xyz, index_zyx)`` under a widget position: LPS mm and continuous voxel index (z, y, x)."""
+        row, col = self.screen_point(pos)
+        m = self.model.mappings[self.plane]
+        ijk = m.screen_to_index(self.model.slice_index(self.plane), row, col)
+        return self.model.volume.index_to_lps(ijk), np.asarray(ijk[::-1], dtype=float)
+
+    def lps_to_world(self, lps) -> tuple[float, float, float]:
+        """Scene world point ``(x, y, dist)`` of an LPS point (mm): ``x, y`` in the slice plane's
+        scene coordinates (where actors are drawn), ``dist`` the distance in slices from the shown one."""
+        m = self.model.mappings[self.plane]
+        k, r, c = m.index_to_screen(self.model.lps_to_index(lps))
+        x, y = self.scene.screen_to_world(r, c)
+        return x, y, k - self.model.slice_index(self.plane)
 
     # ---------------------------------------------------------------- events
     def screen_point(self, pos) -> tuple[float, float]:
@@ -127,6 +235,10 @@ class SliceView(_VTKHost):
             return
         self.setFocus()
         b = ev.button()
+        if b == Qt.LeftButton and self.tool is not None:
+            self._tool_drag = True
+            self.tool.press(self, *self.event_lps_index(ev.position().toPoint()), ev)
+            return
         self._drag = (b, ev.position().toPoint(), self.model.window)
         if b == Qt.LeftButton:
             self._set_cursor_at(ev.position().toPoint())
@@ -138,6 +250,12 @@ class SliceView(_VTKHost):
         row, col = self.screen_point(pos)
         lps = self.model.screen_to_lps(self.plane, row, col)
         self.readout.emit(self.model.readout(lps))
+        if self.tool is not None and not self._drag:
+            if self._tool_drag:
+                self.tool.move(self, *self.event_lps_index(pos), ev)
+            elif hasattr(self.tool, "hover"):
+                self.tool.hover(self, *self.event_lps_index(pos), ev)
+            return
         if not self._drag:
             return
         button, start, (c0, w0) = self._drag
@@ -154,6 +272,11 @@ class SliceView(_VTKHost):
             self.render_now()
 
     def mouseReleaseEvent(self, ev):  # noqa: N802
+        if self._tool_drag and ev.button() == Qt.LeftButton and self.tool is not None:
+            self._tool_drag = False
+            if self.model.volume is not None:
+                self.tool.release(self, *self.event_lps_index(ev.position().toPoint()), ev)
+            return
         self._drag = None
 
     def wheelEvent(self, ev):  # noqa: N802
@@ -176,6 +299,8 @@ class SliceView(_VTKHost):
         elif key == Qt.Key_R:
             self.scene.reset_camera()
             self.render_now()
+        elif key == Qt.Key_Escape and self.tool is not None:
+            self.set_tool(None)
         else:
             ev.ignore()
 
@@ -190,38 +315,123 @@ class SliceView(_VTKHost):
 
 
 class VolumeView(_VTKHost):
-    """3D volume rendering; left-drag rotates (VTK trackball camera style)."""
+    """3D volume rendering; left-drag rotates (VTK trackball camera style).
+
+    Never freezes the window: the scene is built lazily, once the view is shown and the full
+    volume is loaded; the strided copy for the 3D view is made on a worker thread; under a
+    software OpenGL (Mesa llvmpipe) the CPU ray caster with automatic sample distances is used
+    (much faster there than GPU ray casting emulated on the CPU). A crosshair move in the 2-D
+    views does not re-render the 3D view unless its cursor is shown (:meth:`set_cursor_shown`),
+    and then the render is coalesced (at most one per 80 ms). ``built`` says whether the scene
+    holds the current volume; ``scene_built`` is emitted when it does.
+    """
+
+    scene_built = Signal()
 
     def __init__(self, model: ViewerModel, parent=None) -> None:
         super().__init__(parent)
         import vtk
+        from PySide6.QtCore import QTimer
 
         self.model = model
-        self.scene = VolumeScene(model)
+        self.scene = VolumeScene(model, max_dim=128)  # an overview: 128 voxels per axis at most
         self.GetRenderWindow().AddRenderer(self.scene.renderer)
         self.GetRenderWindow().GetInteractor().SetInteractorStyle(vtk.vtkInteractorStyleTrackballCamera())
         self.Initialize()
-        self._volume_id = None
+        self.built = False
+        self.cursor_shown = False
+        self._pending = None  # (volume, strided array, spacing) waiting to be shown
+        self._worker = None
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(80)
+        self._render_timer.timeout.connect(self.render_now)
+        self._build_timer = QTimer(self)
+        self._build_timer.setSingleShot(True)
+        self._build_timer.setInterval(50)
+        self._build_timer.timeout.connect(self._build)
+        self.scene.cursor_actor.SetVisibility(False)
         model.volume_changed.connect(self._on_volume)
         model.cursor_changed.connect(self._on_cursor)
         if model.volume is not None:
             self._on_volume(model.volume)
 
     def _on_volume(self, vol) -> None:
+        self.built = False
+        self._pending = None
+        self.scene.clear()
         if vol.size[2] < 2:  # a preview slice: nothing to render in 3D yet
             return
-        self.scene.set_volume(vol)
+        from .workers import stride_worker
+
+        if self._worker is not None:
+            self._worker.quit()
+        w = stride_worker(vol, self.scene.max_dim)
+        self._stride_volume = vol
+        w.returned.connect(self._strided)
+        self._worker = w
+        w.start()
+
+    def _strided(self, res) -> None:
+        self._worker = None
+        vol = self._stride_volume
+        if vol is not self.model.volume:
+            return
+        self._pending = (vol, *res)
+        if self.isVisible():
+            self._build_timer.start()
+
+    def showEvent(self, ev):  # noqa: N802
+        super().showEvent(ev)
+        if self._pending is not None:
+            self._build_timer.start()
+
+    def _build(self) -> None:
+        if self._pending is None or not self.isVisible():
+            return
+        vol, arr, spacing = self._pending
+        self._pending = None
+        if vol is not self.model.volume:
+            return
+        self.scene.use_cpu_raycast(_software_gl(self.GetRenderWindow()))
+        self.scene.set_volume(vol, strided=(arr, spacing))
+        self.built = True
         self.render_now()
+        self.scene_built.emit()
+
+    def set_cursor_shown(self, on: bool) -> None:
+        """Show the crosshair point in 3D (then crosshair moves re-render it, coalesced)."""
+        self.cursor_shown = bool(on)
+        self.scene.cursor_actor.SetVisibility(self.cursor_shown)
+        self.scene.update_cursor()
+        self._render_timer.start()
 
     def _on_cursor(self, _lps) -> None:
+        if not self.cursor_shown or not self.built:
+            return
         self.scene.update_cursor()
-        self.render_now()
+        if not self._render_timer.isActive():
+            self._render_timer.start()
 
     def set_preset(self, name: str) -> None:
         self.scene.apply_preset(name)
         self.render_now()
 
 
+def _software_gl(win) -> bool:
+    """Whether the render window's OpenGL is a software rasteriser (Mesa llvmpipe/softpipe/swrast)."""
+    try:
+        caps = win.ReportCapabilities() or ""
+    except Exception:  # noqa: BLE001 - no context yet: assume hardware
+        return False
+    low = caps.lower()
+    return any(k in low for k in ("llvmpipe", "softpipe", "swrast", "software rasterizer"))
+
+
 def grab_pixels(view: _VTKHost) -> np.ndarray:
-    """RGB pixels ``(h, w, 3)`` of a view's render window (top row first)."""
+    """RGB pixels ``(h, w, 3)`` of a view's render window (top row first), pending updates applied."""
+    view.flush()
+    if hasattr(view, "_painters"):
+        for p in view._painters:
+            p.draw(view)
     return grab_window(view.GetRenderWindow())

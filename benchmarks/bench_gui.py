@@ -1,0 +1,175 @@
+"""Event-loop stalls and times of the real workstation, from one run (under Xvfb + Mesa llvmpipe).
+
+Usage: ``xvfb-run -a -s "-screen 0 1920x1200x24" python -m benchmarks.bench_gui [--series PATH]
+[--steps 60] [--json FILE]``
+
+On the real chest CT (``../shared/data/ct-chest-tumor/series_B70f``), in the default 2x2
+layout with the 3D view, a 1800x1100 window:
+
+1. **open**: time to the first image (``first_image_shown``) and to the whole volume, and the
+   longest event-loop stall from ``open_path`` until 2 s after the volume is shown (the 3D view
+   is built lazily then);
+2. **Run AI** (all models that fit, INT8): wall time, and the longest stall from the worker's
+   result until everything (overlays, findings, markers, 3D surfaces) is drawn plus 1 s;
+3. **scroll** with segmentation overlay, markers and a heatmap (the organ model's voxel
+   entropy drawn as an uncertainty heatmap) on: per-step time of one axial slice step
+   (model update, every view re-drawn), p50/p95 wall and p50 CPU time of this process (the
+   machine may be shared), 3D cursor hidden (the default) and shown.
+
+A stall is the longest gap between ticks of a 2 ms ``QTimer`` on the GUI thread (how long the
+window could not react). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-chest-tumor" / "series_B70f"
+
+
+class StallMeter:
+    """Longest gap between 2 ms timer ticks on the GUI thread, per named window of time."""
+
+    def __init__(self) -> None:
+        from PySide6.QtCore import QTimer
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(2)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.start()
+
+    def longest(self, t0: float, t1: float) -> float:
+        """Longest gap (s) between ticks within ``[t0, t1]`` (including the edges)."""
+        ts = [t0] + [t for t in self.ticks if t0 <= t <= t1] + [t1]
+        return float(np.max(np.diff(ts))) if len(ts) > 1 else 0.0
+
+
+def pump(app, seconds: float = 0.0, until=None, timeout: float = 600.0) -> None:
+    t0 = time.perf_counter()
+    while True:
+        app.processEvents()
+        now = time.perf_counter()
+        if until is not None and until():
+            if now - t0 >= seconds:
+                return
+        elif until is None and now - t0 >= seconds:
+            return
+        if now - t0 > timeout:
+            raise TimeoutError("benchmark step timed out")
+        time.sleep(0.001)
+
+
+def run(series: Path, steps: int = 60) -> dict:
+    from PySide6.QtWidgets import QApplication
+
+    from radreview.viewer._qt.main_window import MainWindow
+    from radreview.viewer.overlay import HeatmapOverlay
+
+    app = QApplication.instance() or QApplication([])
+    meter = StallMeter()
+    win = MainWindow()
+    win.resize(1800, 1100)
+    win.show()
+    pump(app, 0.3)
+    out: dict = {"series": str(series), "layout": win.layout_name}
+
+    # 1. open ------------------------------------------------------------------------------
+    marks: dict[str, float] = {}
+    win.first_image_shown.connect(lambda: marks.setdefault("first", time.perf_counter()))
+    win.volume_loaded.connect(lambda _v: marks.setdefault("full", time.perf_counter()))
+    t0 = time.perf_counter()
+    win.open_path(str(series))
+    pump(app, until=lambda: "full" in marks)
+    pump(app, 2.0)
+    t1 = time.perf_counter()
+    out["open"] = {"first_image_s": round(marks["first"] - t0, 3), "volume_s": round(marks["full"] - t0, 3),
+                   "longest_stall_s": round(meter.longest(t0, t1), 3),
+                   "view3d_built": bool(getattr(win.view3d, "built", True))}
+
+    # 2. Run AI ----------------------------------------------------------------------------
+    panel = win.ai_panel
+    got: dict[str, float] = {}
+    returned_at: list[float] = []
+    panel.result_ready.connect(lambda _r: got.setdefault("ready", time.perf_counter()))
+    panel.run_failed.connect(lambda _m: got.setdefault("failed", time.perf_counter()))
+    t0 = time.perf_counter()
+    panel.run()
+    panel.worker.returned.connect(lambda _r: returned_at.append(time.perf_counter()), )
+    pump(app, until=lambda: bool(got))
+    if "failed" in got:
+        raise RuntimeError(f"Run AI failed: {panel.eta.text()}")
+    pump(app, 1.0, until=lambda: not getattr(panel, "drawing", False))
+    t1 = time.perf_counter()
+    t_ret = returned_at[0] if returned_at else got["ready"] - 0.001
+    run = panel.run_result
+    out["run_ai"] = {"models": list(run.packages), "wall_s": round(got["ready"] - t0, 2),
+                     "longest_stall_while_drawn_s": round(meter.longest(t_ret, t1), 3),
+                     "longest_stall_during_run_s": round(meter.longest(t0, t_ret), 3),
+                     "candidates_listed": panel.findings_table.rowCount()}
+
+    # 3. scroll with overlays + markers + heatmap ----------------------------------------
+    seg = next(iter(run.segmentations.values()))
+    ent = np.asarray(seg.entropy, dtype=np.float32)
+    hm = HeatmapOverlay(ent / max(float(ent.max()), 1e-6), opacity=0.5, cutoff=0.2, title="uncertainty (nats)",
+                        value_range=(0.0, float(ent.max())))
+    win.model.set_overlay("bench-heatmap", hm)
+    pump(app, 0.5)
+
+    def scroll_times(n: int) -> list[float]:
+        model = win.model
+        nz = model.mappings["axial"].n_slices
+        d = 1
+        times, cpu = [], []
+        for _ in range(n):
+            if not (0 <= model.slice_index("axial") + d < nz):
+                d = -d
+            t, c = time.perf_counter(), time.process_time()
+            model.scroll("axial", d)
+            app.processEvents()
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        return times, cpu
+
+    out["scroll"] = {}
+    for label, shown in (("cursor3d_hidden", False), ("cursor3d_shown", True)):
+        if hasattr(win.view3d, "set_cursor_shown"):
+            win.view3d.set_cursor_shown(shown)
+        pump(app, 0.3)
+        scroll_times(5)  # warm-up
+        t0 = time.perf_counter()
+        ts, cpu = (np.array(x) * 1000 for x in scroll_times(steps))
+        pump(app, 0.5)  # a deferred 3D render (cursor shown) counts in the stall below
+        out["scroll"][label] = {"p50_ms": round(float(np.percentile(ts, 50)), 1),
+                                "p95_ms": round(float(np.percentile(ts, 95)), 1),
+                                "max_ms": round(float(ts.max()), 1),
+                                "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 1),
+                                "longest_stall_s": round(meter.longest(t0, time.perf_counter()), 3)}
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    out["cpu_cores"] = os.cpu_count()
+    win.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    res = run(args.series, args.steps)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

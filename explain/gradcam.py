@@ -32,7 +32,8 @@ from radreview.studies.volume import Volume
 
 from .nets import build_from_card
 
-__all__ = ["ExplanationRefused", "Explanation", "load_twin", "check_twin", "gradcam_slices", "explain_candidate",
+__all__ = ["ExplanationRefused", "Explanation", "load_twin", "check_twin", "gradcam_slices", "explain_candidate", "resolve_target",
+           "gradcam_views", "explain_triplanar",
            "explain_label", "spearman", "randomized_copy", "MAX_LOGIT_DIFF"]
 
 MAX_LOGIT_DIFF = 1e-3
@@ -149,6 +150,29 @@ def _finish(package, target, cam_grid, grid, volume, prob, t0, diff, allow_zero:
     return Explanation(package.id, target, heat.astype(np.float32), peak, prob, time.perf_counter() - t0, diff)
 
 
+def resolve_target(result, target: str):
+    """The candidate and probability a classification target names: ``"study"`` (the top
+    candidate, or ``None``, with the study probability) or ``"candidate-N"`` (rank N).
+
+    Raises
+    ------
+    ExplanationRefused
+        For an unknown target or a rank the result does not have.
+    """
+    if target == "study":
+        return (result.candidates[0] if result.candidates else None), result.study_probability
+    if target.startswith("candidate-"):
+        try:
+            rank = int(target.split("-", 1)[1])
+        except ValueError:
+            rank = None
+        cand = next((c for c in result.candidates if c.rank == rank), None)
+        if cand is None:
+            raise ExplanationRefused(f"no {target}; candidates: {', '.join(f'candidate-{c.rank}' for c in result.candidates) or 'none'}")
+        return cand, cand.probability
+    raise ExplanationRefused(f"unknown target {target!r}: use 'study' or 'candidate-N'")
+
+
 def explain_candidate(volume: Volume, package: ModelPackage, result, target: str = "study", net=None,
                       verify: bool = True) -> Explanation:
     """Grad-CAM of a classification result's candidate (``candidate-N``) or of the study.
@@ -161,6 +185,8 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     ExplanationRefused
         Twin disagreement, unknown target, or a map that is zero everywhere.
     """
+    if package.meta.get("architecture", {}).get("name") == "TriPlanarNet":
+        return explain_triplanar(volume, package, result, target, net, verify)
     t0 = time.perf_counter()
     net = net or load_twin(package)
     spec = package.meta["input"]
@@ -172,17 +198,7 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     probe, _ = _pad8(probe)
     diff = check_twin(net, package, probe[:, :, :128, :128] if probe.shape[-1] >= 128 and probe.shape[-2] >= 128 else probe) \
         if verify else float("nan")
-    if target == "study":
-        cand = result.candidates[0] if result.candidates else None
-        prob = result.study_probability
-    elif target.startswith("candidate-"):
-        rank = int(target.split("-", 1)[1])
-        cand = next((c for c in result.candidates if c.rank == rank), None)
-        if cand is None:
-            raise ExplanationRefused(f"no {target}; candidates: {', '.join(f'candidate-{c.rank}' for c in result.candidates) or 'none'}")
-        prob = cand.probability
-    else:
-        raise ExplanationRefused(f"unknown target {target!r}: use 'study' or 'candidate-N'")
+    cand, prob = resolve_target(result, target)
     if cand is not None:
         region = result.components == cand.label
     else:  # no candidate: where in the lungs did it look for nodules?
@@ -200,6 +216,106 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     cam_grid = np.zeros(x.shape, np.float32)
     cam_grid[slices] = cams
     return _finish(package, target, cam_grid, result.grid, volume, prob, t0, diff, allow_zero=not verify)
+
+
+def gradcam_views(net, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grad-CAM of the tri-planar nodule classifier for one candidate.
+
+    ``x`` ``(1, 9, P, P)`` normalised views (``inference.classify.extract_views``). The score
+    is the question logit margin (nodule >= 6 mm minus other); the layer is ``features`` (the
+    trunk's last conv stage, shared by the three views). Original Grad-CAM: channel weights =
+    spatial mean of the gradients, map = ReLU(sum_k w_k A_k), per view, upsampled (bilinear)
+    to ``P x P``. Returns ``(cams (3, P, P) for axial (y, x), coronal (z, x), sagittal (z, y),
+    score)``.
+    """
+    acts = {}
+    hook = net.features.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            out = net(torch.from_numpy(x.astype(np.float32)))
+            score = out[0, 1] - out[0, 0]
+            grad = torch.autograd.grad(score, acts["a"])[0]
+    finally:
+        hook.remove()
+    a = acts["a"].detach()
+    w = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((w * a).sum(dim=1, keepdim=True))
+    up = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up[:, 0].numpy(), float(score.detach())
+
+
+def explain_triplanar(volume: Volume, package: ModelPackage, result, target: str = "study", net=None,
+                      verify: bool = True) -> Explanation:
+    """Grad-CAM of one candidate of the tri-planar nodule model, on the study grid.
+
+    The three per-view maps of :func:`gradcam_views` are summed into the candidate's
+    ``P x P x P`` mm cube (axial map broadcast along z, coronal along y, sagittal along x: the
+    peak is where the three views agree), placed at the candidate's centre on the model grid
+    and resampled (linear) onto the study grid; zero elsewhere. Only the cube is computed, so a
+    finding's explanation takes well under a second after the twin check.
+
+    Raises
+    ------
+    ExplanationRefused
+        Twin/ONNX disagreement, unknown target, no candidate, or a map that is zero everywhere.
+    """
+    from radreview.inference.classify import extract_views
+
+    t0 = time.perf_counter()
+    net = net or load_twin(package)
+    spec = package.meta["input"]
+    if target == "study":
+        cand = result.candidates[0] if result.candidates else None
+        if cand is None:
+            raise ExplanationRefused("nothing to explain: the study has no candidate")
+        prob = result.study_probability
+    elif target.startswith("candidate-"):
+        try:
+            rank = int(target.split("-", 1)[1])
+        except ValueError:
+            rank = -1
+        cand = next((c for c in result.candidates if c.rank == rank), None)
+        if cand is None:
+            raise ExplanationRefused(f"no {target}; candidates: {', '.join(f'candidate-{c.rank}' for c in result.candidates[:20]) or 'none'}")
+        prob = cand.probability
+    else:
+        raise ExplanationRefused(f"unknown target {target!r}: use 'study' or 'candidate-N'")
+    grid = result.grid
+    P = int(spec["patch_size"][-1])
+    c = np.rint(np.asarray(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in cand.center_lps]))[::-1]).astype(int)
+    hu = sitk.GetArrayViewFromImage(grid)
+    offsets = tuple(spec.get("plane_offsets_mm", (-2, 0, 2)))
+    x = normalize(extract_views(hu, [c], P, offsets), spec["normalization"])
+    diff = check_twin(net, package, x) if verify else float("nan")
+    cams, _ = gradcam_views(net, x)
+    cube = cams[0][None, :, :] + cams[1][:, None, :] + cams[2][:, :, None]  # (z, y, x)
+    h = P // 2
+    cimg = sitk.GetImageFromArray(cube.astype(np.float32))
+    cimg.SetSpacing(grid.GetSpacing())
+    cimg.SetOrigin(grid.TransformIndexToPhysicalPoint([int(c[2] - h), int(c[1] - h), int(c[0] - h)]))
+    cimg.SetDirection(grid.GetDirection())
+    # the study-grid box that the cube covers
+    corners = np.array([[i, j, k] for i in (0, P - 1) for j in (0, P - 1) for k in (0, P - 1)], float)
+    lps = np.array([cimg.TransformContinuousIndexToPhysicalPoint(v.tolist()) for v in corners])
+    idx = volume.lps_to_index(lps)
+    lo = np.maximum(np.floor(idx.min(axis=0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 2, np.asarray(volume.size))
+    heat = np.zeros(volume.array.shape, np.float32)
+    if np.all(hi > lo):
+        ref = sitk.Image([int(v) for v in hi - lo], sitk.sitkFloat32)
+        ref.SetSpacing(volume.spacing)
+        ref.SetDirection(tuple(volume.direction.ravel()))
+        ref.SetOrigin(tuple(float(v) for v in volume.index_to_lps(lo.astype(float))))
+        part = sitk.GetArrayFromImage(sitk.Resample(cimg, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        heat[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = part
+    mx = float(heat.max())
+    if mx <= 0 and verify:
+        raise ExplanationRefused(f"{package.id}: Grad-CAM is zero everywhere for target {target!r} (no positive evidence)")
+    if mx > 0:
+        heat /= mx
+    k, j, i = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    peak = tuple(float(v) for v in volume.index_to_lps([i, j, k]))
+    return Explanation(package.id, target, heat, peak, prob, time.perf_counter() - t0, diff)
 
 
 def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str, net=None, max_slices: int = 24,
@@ -243,17 +359,21 @@ def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str,
     return _finish(package, label, cam_grid, grid, volume, conf, t0, diff, allow_zero=not verify)
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
     """Spearman rank correlation of two maps (scipy.stats.spearmanr) over the explained slices.
 
     Maps ``(z, y, x)`` are compared on the slices where either is non-zero: slices never
-    explained are zero in both and would inflate the correlation with ties. A constant map
-    (e.g. all zero after weight randomisation) shares no ranking: returned as 0.0, not NaN.
+    explained are zero in both and would inflate the correlation with ties. ``region`` (bool,
+    same shape): compare only there instead (e.g. the cube a candidate's map covers: outside
+    it both maps are zero by construction). A constant map (e.g. all zero after weight
+    randomisation) shares no ranking: returned as 0.0, not NaN.
     """
     from scipy.stats import spearmanr
 
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
-    if a.ndim == 3 and a.shape == b.shape:
+    if region is not None:
+        a, b = a[region], b[region]
+    elif a.ndim == 3 and a.shape == b.shape:
         keep = (a > 0).any(axis=(1, 2)) | (b > 0).any(axis=(1, 2))
         if keep.any():
             a, b = a[keep], b[keep]

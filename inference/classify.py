@@ -1,14 +1,31 @@
-"""Nodule classification runtime: a fast 2.5-D slice screen, then 3-D candidate analysis.
+"""Nodule classification runtime: a fast candidate screen on the whole scan, then a 2.5-D
+classifier per candidate (model ``ct-nodule-2p5d`` >= 0.2).
 
-Stages (timed): **pre** resample to the model grid and normalise; **screen** the 2.5-D network
-over every axial slice (sliding window, Gaussian blending) giving a per-voxel nodule
-probability; **candidates** 3-D connected components of probability > 0.5 inside the (dilated)
-HU-rule lung mask, each with its centre (probability-weighted, LPS mm), equivalent-sphere
-diameter (mm) and maximum probability. Probabilities are temperature-scaled with the card's
-``calibration.temperature`` (Guo et al., ICML 2017). The question "a solid nodule or mass of at
-least 6 mm?" (the Lung-RADS size threshold) is answered per candidate as ``p_cal * g(size)``
-with a soft size gate ``g = sigmoid((d - 6 mm) / 0.5 mm)``, and for the study as the maximum
-over candidates (0 when there is none).
+Stages (timed):
+
+1. **pre**: resample the study to the card's grid (1 mm isotropic, axis-aligned LPS, linear;
+   ``inference.segment.to_model_grid``) and build the closed lung mask
+   (``inference.lungs.closed_lung_mask``: HU rule, 10 mm rolling-ball close and 3-D hole
+   filling, so juxta-pleural nodules stay inside);
+2. **candidates**: voxels above ``candidates.hu_threshold`` inside the lungs, opened with a
+   ball of ``candidates.open_mm`` (this cuts vessels thinner than the ball from the nodules they
+   touch: juxta-vascular nodules become their own component), 3-D connected components with an
+   equivalent-sphere diameter between ``min_diameter_mm`` and ``max_diameter_mm``, the
+   ``max_candidates`` largest kept; a component of ``blob_split_mm`` or more (a nodule merged
+   with a vessel or the chest wall) also gives up to 6 sub-candidates at the local maxima
+   (>= ``blob_radius_mm``, 8 mm apart) of the distance to its surface, each the ball of that
+   radius + 1.5 mm inside it;
+3. **classify**: per candidate, nine 32 x 32 mm planes at 1 mm through its centre (axial,
+   coronal and sagittal, each at -2, 0, +2 mm) go through the 2.5-D network on ONNX Runtime;
+   the question logit pair is temperature-scaled (Guo et al., ICML 2017; ``calibration``) into
+   ``probability`` = P(solid or part-solid nodule >= 6 mm), the type head gives ``nodule_type``;
+4. **measure**: long-axis and short-axis diameters (mm) on the axial slice of the candidate
+   mask where the long axis is largest (Lung-RADS v2022: long axis = maximum Feret diameter,
+   short axis = the largest width perpendicular to it, same image), volume (mL), and the
+   Lung-RADS v2022 baseline size category with the rule used.
+
+The study ``probability`` is the largest candidate probability (0 without candidates); its
+``lung_rads`` comes from the largest candidate at or above the card's decision threshold.
 """
 
 from __future__ import annotations
@@ -23,28 +40,40 @@ import SimpleITK as sitk
 from radreview.studies.jobs import drain
 from radreview.studies.volume import Volume
 
-from .lungs import lung_mask
-from .package import ModelPackage
-from .segment import SegProgress, normalize, open_runtime, sliding_window, to_model_grid
+from .lungs import closed_lung_mask
+from .package import ModelPackage, PackageError
+from .segment import SegProgress, make_session, normalize, to_model_grid
 
-__all__ = ["Candidate", "ClassificationResult", "iter_classify", "classify", "size_gate", "SIZE_THRESHOLD_MM"]
+__all__ = ["Candidate", "ClassificationResult", "iter_classify", "classify", "detect_candidates", "extract_views",
+           "axial_diameters", "axial_axes", "lung_rads_category", "SIZE_THRESHOLD_MM", "NODULE_TYPES", "size_gate"]
 
 SIZE_THRESHOLD_MM = 6.0
+#: Order of the type head's outputs.
+NODULE_TYPES = ("solid", "part-solid", "ground glass")
+DEFAULT_CANDIDATES = {"hu_threshold": -600.0, "open_mm": [1.0, 2.0, 3.0], "min_diameter_mm": 3.0,
+                      "split_diameter_mm": 35.0, "max_diameter_mm": 60.0, "max_candidates": 200,
+                      "blob_split_mm": 12.0, "blob_radius_mm": 2.5}
 
 
 def size_gate(d_mm: float) -> float:
+    """Soft step at 6 mm (kept for callers of 0.1): ``sigmoid((d - 6) / 0.5)``."""
     return float(1.0 / (1.0 + np.exp(-(d_mm - SIZE_THRESHOLD_MM) / 0.5)))
-
-
-def _calibrate(p: float, temperature: float) -> float:
-    p = float(np.clip(p, 1e-6, 1 - 1e-6))
-    return float(1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature)))
 
 
 @dataclass
 class Candidate:
-    """A candidate region: ``probability`` answers the >= 6 mm question (calibrated),
-    ``confidence`` is the calibrated probability that it is a nodule at all."""
+    """One candidate region.
+
+    ``probability``: calibrated P(solid or part-solid nodule >= 6 mm); ``confidence``: the
+    same probability (0.1 kept a separate "nodule at all" probability here; the review derives
+    its confidence as ``max(p, 1 - p)``); ``raw_max``: the uncalibrated logit margin; ``center_lps`` (x, y, z) mm; ``long_axis_mm``/``short_axis_mm`` on the
+    axial image (``size_mm`` = long axis, the name of 0.1); ``volume_ml``; ``nodule_type``
+    (solid / part-solid / ground glass, argmax of the type head) with ``type_probabilities``;
+    ``lung_rads`` ``{"category", "rule"}``; ``label`` its value in
+    ``ClassificationResult.components`` (a sub-candidate, the thick spot of a big component, is not
+    drawn there: its parent is);
+    ``long_axis_lps``/``short_axis_lps`` the axes' end points ``[[x, y, z], [x, y, z]]`` (mm).
+    """
 
     rank: int
     center_lps: tuple[float, float, float]
@@ -53,21 +82,46 @@ class Candidate:
     confidence: float
     raw_max: float
     voxels: int
-    label: int  # component label in ``ClassificationResult.components``
+    label: int
+    long_axis_mm: float = 0.0
+    short_axis_mm: float = 0.0
+    volume_ml: float = 0.0
+    nodule_type: str = "solid"
+    type_probabilities: dict = field(default_factory=dict)
+    lung_rads: dict = field(default_factory=dict)
+    long_axis_lps: list | None = None  # [[x, y, z], [x, y, z]] end points (LPS mm), axial image
+    short_axis_lps: list | None = None
+
+    @property
+    def diameter_mm(self) -> float:
+        return self.long_axis_mm
+
+    def as_dict(self) -> dict:
+        return {"rank": self.rank, "probability": round(self.probability, 4), "confidence": round(self.confidence, 4),
+                "center_lps": [round(v, 2) for v in self.center_lps], "diameter_mm": round(self.long_axis_mm, 1),
+                "long_axis_mm": round(self.long_axis_mm, 1), "short_axis_mm": round(self.short_axis_mm, 1),
+                "volume_ml": round(self.volume_ml, 3), "nodule_type": self.nodule_type, "size_mm": round(self.size_mm, 1),
+                "lung_rads": self.lung_rads, "long_axis_lps": self.long_axis_lps, "short_axis_lps": self.short_axis_lps}
 
 
 @dataclass
 class ClassificationResult:
+    """Output of :func:`iter_classify`. Arrays are on the model grid ``grid`` (1 mm, LPS,
+    identity direction; ``grid`` holds the resampled HU): ``components`` ``(z, y, x)`` uint8
+    candidate labels; ``prob_map`` ``(z, y, x)`` float32, each candidate's voxels set to its
+    probability (uncalibrated 0.1 semantics dropped)."""
+
     model_id: str
     precision: str
     study_probability: float
     candidates: list[Candidate]
-    prob_map: np.ndarray  # (z, y, x) nodule probability on the model grid (uncalibrated)
-    components: np.ndarray  # (z, y, x) candidate labels on the model grid
-    grid: sitk.Image  # the model grid (geometry only is used)
+    prob_map: np.ndarray
+    components: np.ndarray
+    grid: sitk.Image
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    lung_rads: dict = field(default_factory=dict)
 
     @property
     def study_confidence(self) -> float:
@@ -75,38 +129,303 @@ class ClassificationResult:
 
     def as_dict(self) -> dict:
         return {"model": self.model_id, "precision": self.precision, "probability": round(self.study_probability, 4),
-                "seconds": round(self.seconds, 3),
-                "candidates": [{"rank": c.rank, "center_lps": [round(v, 2) for v in c.center_lps], "size_mm": round(c.size_mm, 1),
-                                "probability": round(c.probability, 4), "confidence": round(c.confidence, 4)} for c in self.candidates]}
+                "lung_rads": self.lung_rads, "seconds": round(self.seconds, 3),
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+                "candidates": [c.as_dict() for c in self.candidates]}
 
 
-def candidates_from_prob(prob: np.ndarray, lungs: np.ndarray, grid: sitk.Image, temperature: float,
-                         threshold: float = 0.5) -> tuple[list[Candidate], np.ndarray]:
-    """Candidate regions of a model-grid probability map (see module doc) and their label map."""
-    sp = np.array(grid.GetSpacing())
-    dil = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(lungs.astype(np.uint8)), [3, 3, 1])) > 0
-    mask = (prob > threshold) & dil
-    cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)))
-    comp = sitk.GetArrayFromImage(sitk.RelabelComponent(cc, minimumObjectSize=2))
-    out = []
-    for lab in range(1, int(comp.max()) + 1):
-        zz, yy, xx = np.nonzero(comp == lab)
-        w = prob[zz, yy, xx]
-        idx = [float((xx * w).sum() / w.sum()), float((yy * w).sum() / w.sum()), float((zz * w).sum() / w.sum())]
-        center = grid.TransformContinuousIndexToPhysicalPoint(idx)
-        vol_mm3 = len(zz) * float(np.prod(sp))
-        d = float((6 * vol_mm3 / np.pi) ** (1 / 3))
-        conf = _calibrate(float(w.max()), temperature)
-        out.append(Candidate(0, tuple(center), d, conf * size_gate(d), conf, float(w.max()), len(zz), lab))
-    out.sort(key=lambda c: -c.probability)
-    for r, c in enumerate(out, 1):
-        c.rank = r
-    return out, comp
+# ----------------------------------------------------------------------------- candidates
+def detect_candidates(hu: np.ndarray, spacing_xyz, lungs: np.ndarray, params: dict | None = None):
+    """Candidate components of a model-grid HU array.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(z, y, x)`` HU on an axis-aligned grid.
+    spacing_xyz : sequence of 3 floats
+        Voxel spacing (mm).
+    lungs : numpy.ndarray
+        ``(z, y, x)`` bool lung mask (closed).
+    params : dict
+        ``hu_threshold``, ``open_mm``, ``min_diameter_mm``, ``max_diameter_mm``,
+        ``max_candidates``, ``blob_split_mm``, ``blob_radius_mm`` (defaults
+        :data:`DEFAULT_CANDIDATES`).
+
+    Returns
+    -------
+    (labels, comps) : numpy.ndarray, list of dict
+        ``labels`` ``(z, y, x)`` uint8 (0 = none, ``k`` = ``comps[k-1]``); each comp has
+        ``centroid_zyx`` (continuous index), ``voxels``, ``eq_diameter_mm``, ``bbox`` (z0, y0,
+        x0, z1, y1, x1, exclusive ends).
+    """
+    p = dict(DEFAULT_CANDIDATES, **(params or {}))
+    sp = np.asarray(spacing_xyz, float)
+    out = np.zeros(hu.shape, np.uint8)
+    if not lungs.any():
+        return out, []
+    nz = np.nonzero(lungs.any(axis=(1, 2)))[0], np.nonzero(lungs.any(axis=(0, 2)))[0], np.nonzero(lungs.any(axis=(0, 1)))[0]
+    lo = [int(a[0]) for a in nz]
+    hi = [int(a[-1]) + 1 for a in nz]
+    sub = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    dense = (hu[sub] > p["hu_threshold"]) & lungs[sub]
+    voxel_mm3 = float(np.prod(sp))
+    remaining = sitk.GetImageFromArray(dense.astype(np.uint8))
+    remaining.SetSpacing(tuple(sp))
+    ccarr = np.zeros(dense.shape, np.int32)
+    rows = []
+    radii = [float(r) for r in p["open_mm"]] if isinstance(p["open_mm"], (list, tuple)) else [float(p["open_mm"])]
+    for step, r_mm in enumerate(radii):
+        last = step == len(radii) - 1
+        rad = [max(1, int(round(r_mm / s))) for s in sp]
+        opened = sitk.BinaryMorphologicalOpening(remaining, rad, sitk.sitkBall)
+        cc = sitk.ConnectedComponent(opened)
+        st = sitk.LabelShapeStatisticsImageFilter()
+        st.Execute(cc)
+        arr = sitk.GetArrayViewFromImage(cc)
+        big = []
+        dmax = p["max_diameter_mm"] if last else p["split_diameter_mm"]
+        for lab in st.GetLabels():
+            n = st.GetNumberOfPixels(lab)
+            d = float((6 * n * voxel_mm3 / np.pi) ** (1 / 3))
+            if d > dmax and not last:
+                big.append(lab)
+            elif p["min_diameter_mm"] <= d <= dmax:
+                x0, y0, z0, sx, sy, sz = st.GetBoundingBox(lab)
+                bb = (z0, y0, x0, z0 + sz, y0 + sy, x0 + sx)
+                key = len(rows) + 1
+                region = arr[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] == lab
+                ccarr[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]][region] = key
+                rows.append((n, key, d, bb))
+        if not big:
+            break
+        keep = np.isin(arr, big)
+        remaining = sitk.GetImageFromArray(keep.astype(np.uint8))
+        remaining.SetSpacing(tuple(sp))
+    # a nodule merged with a vessel or the wall: the big component's thick spots become
+    # candidates of their own (local maxima of the distance to its surface, >= blob_radius_mm)
+    from scipy.ndimage import maximum_filter
+
+    extra = []
+    big = {lab: bb for n, lab, d, bb in rows if d >= p["blob_split_mm"]}
+    if big:
+        union = np.isin(ccarr, list(big))
+        uz, uy, ux = (np.flatnonzero(union.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1)))
+        ub = (slice(uz[0], uz[-1] + 1), slice(uy[0], uy[-1] + 1), slice(ux[0], ux[-1] + 1))
+        rimg = sitk.GetImageFromArray(np.pad(union[ub], 1).astype(np.uint8))
+        rimg.SetSpacing(tuple(sp))
+        dist = -sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(rimg, insideIsPositive=False, squaredDistance=False,
+                                                                   useImageSpacing=True))[1:-1, 1:-1, 1:-1]
+        cand = dist >= p["blob_radius_mm"]
+        peaks = np.argwhere(cand & (dist == maximum_filter(np.where(cand, dist, 0), size=7)))
+        peaks = peaks[np.argsort(-dist[tuple(peaks.T)])]
+        off = np.array([ub[0].start, ub[1].start, ub[2].start])
+        kept: dict[int, list] = {}
+        for q in peaks:
+            lab = int(ccarr[tuple(q + off)])
+            ks = kept.setdefault(lab, [])
+            if len(ks) < 6 and all(np.linalg.norm((q - k) * sp[::-1]) >= 8.0 for k in ks):
+                ks.append(q)
+        for lab, ks in kept.items():
+            for q in ks:
+                r = float(dist[tuple(q)]) + 1.5
+                h = np.ceil(r / sp[::-1]).astype(int)
+                c = q + off
+                s0 = np.maximum(c - h, 0)
+                s1 = np.minimum(c + h + 1, ccarr.shape)
+                zz, yy, xx = np.ogrid[s0[0]:s1[0], s0[1]:s1[1], s0[2]:s1[2]]
+                ball = (((zz - c[0]) * sp[2]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[0]) ** 2) <= r * r
+                sub_r = (ccarr[s0[0]:s1[0], s0[1]:s1[1], s0[2]:s1[2]] == lab) & ball
+                extra.append((int(sub_r.sum()), sub_r, (int(s0[0]), int(s0[1]), int(s0[2]), int(s1[0]), int(s1[1]), int(s1[2]))))
+    rows = [(n, lab, d, bb, None) for n, lab, d, bb in rows] + [(n, None, 0.0, bb, m) for n, m, bb in extra]
+    rows.sort(key=lambda r: -r[0])
+    rows = rows[: int(p["max_candidates"])]
+    comps = []
+    for k, (n, lab, d, bb, m) in enumerate(rows, 1):
+        region = ccarr[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] == lab if m is None else m
+        if m is None:
+            out[sub][bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]][region] = k
+        d = d or float((6 * n * voxel_mm3 / np.pi) ** (1 / 3))
+        cz, cy, cx = (np.argwhere(region).mean(axis=0) + np.array(bb[:3])).tolist()
+        comps.append({"centroid_zyx": (cz + lo[0], cy + lo[1], cx + lo[2]), "voxels": int(n), "eq_diameter_mm": d,
+                      "bbox": (bb[0] + lo[0], bb[1] + lo[1], bb[2] + lo[2], bb[3] + lo[0], bb[4] + lo[1], bb[5] + lo[2]),
+                      "mask": region})
+    return out, comps
+
+
+def extract_views(hu: np.ndarray, centers_zyx, patch: int = 32, offsets=(-2, 0, 2), fill: float = -1024.0) -> np.ndarray:
+    """Nine orthogonal planes per centre: ``(n, 3 * len(offsets), patch, patch)`` float32 HU.
+
+    ``hu`` ``(z, y, x)`` on a 1 mm isotropic grid; ``centers_zyx`` ``(n, 3)`` voxel indices
+    (rounded). Channels: axial planes ``(y, x)`` at ``z + o``, then coronal ``(z, x)`` at
+    ``y + o``, then sagittal ``(z, y)`` at ``x + o``, for ``o`` in ``offsets`` (voxels = mm).
+    Outside the array: ``fill``.
+    """
+    h = patch // 2
+    out = np.empty((len(centers_zyx), 3 * len(offsets), patch, patch), np.float32)
+    shape = np.asarray(hu.shape)
+    for n, c in enumerate(np.rint(np.asarray(centers_zyx, float)).astype(int)):
+        cube = np.full((patch, patch, patch), fill, np.float32)
+        a = c - h
+        b = c + h
+        sa, sb = np.maximum(a, 0), np.minimum(b, shape)
+        if np.all(sb > sa):
+            da = sa - a
+            cube[da[0]:da[0] + sb[0] - sa[0], da[1]:da[1] + sb[1] - sa[1], da[2]:da[2] + sb[2] - sa[2]] = \
+                hu[sa[0]:sb[0], sa[1]:sb[1], sa[2]:sb[2]]
+        out[n] = views_of_cube(cube, offsets)
+    return out
+
+
+def views_of_cube(cube: np.ndarray, offsets=(-2, 0, 2)) -> np.ndarray:
+    """The nine planes of a ``(P, P, P)`` cube ``(z, y, x)``: ``(9, P, P)`` (see :func:`extract_views`)."""
+    h = cube.shape[0] // 2
+    ax = [cube[h + o] for o in offsets]
+    co = [cube[:, h + o, :] for o in offsets]
+    sa = [cube[:, :, h + o] for o in offsets]
+    return np.stack(ax + co + sa)
+
+
+def axial_diameters(mask: np.ndarray, spacing_xyz) -> tuple[float, float, int]:
+    """Long and short axis (mm) of a 3-D mask ``(z, y, x)`` on its axial slices, and that slice.
+
+    Long axis: the maximum Feret diameter (caliper width over 180 directions, 1 degree apart,
+    of the pixel centres plus one pixel) over all axial slices; short axis: the caliper width perpendicular to
+    it on the same slice (Lung-RADS v2022 measures both on the same axial image).
+    """
+    sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
+    th = np.deg2rad(np.arange(180.0))
+    u = np.stack([np.cos(th), np.sin(th)], axis=1)
+    half = 0.5 * np.sqrt((u[:, 0] * sx) ** 2 + (u[:, 1] * sy) ** 2)  # half a pixel along u (edge to edge)
+    best = (0.0, 0.0, -1)
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        yy, xx = np.nonzero(mask[k])
+        pts = np.stack([xx * sx, yy * sy], axis=1)
+        proj = pts @ u.T  # (n, 180)
+        width = proj.max(axis=0) - proj.min(axis=0) + 2 * half
+        i = int(np.argmax(width))
+        if width[i] > best[0]:
+            best = (float(width[i]), float(width[(i + 90) % 180]), int(k))
+    return best
+
+
+def axial_axes(mask: np.ndarray, spacing_xyz):
+    """End points of the long and short axis of :func:`axial_diameters`, as continuous voxel
+    indices ``(i, j, k)`` of ``mask`` ``(z, y, x)``: ``((long_a, long_b), (short_a, short_b))``;
+    the short axis is drawn through the slice's centroid, perpendicular to the long axis.
+    ``None`` for an empty mask."""
+    sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
+    long_mm, _, k = axial_diameters(mask, spacing_xyz)
+    if k < 0:
+        return None
+    yy, xx = np.nonzero(mask[k])
+    pts = np.stack([xx * sx, yy * sy], axis=1)
+    th = np.deg2rad(np.arange(180.0))
+    u_all = np.stack([np.cos(th), np.sin(th)], axis=1)
+    proj = pts @ u_all.T
+    i = int(np.argmax(proj.max(axis=0) - proj.min(axis=0)))
+    u, v = u_all[i], u_all[(i + 90) % 180]
+    hu_ = 0.5 * float(np.hypot(u[0] * sx, u[1] * sy))
+    hv = 0.5 * float(np.hypot(v[0] * sx, v[1] * sy))
+    a, b = pts[int(np.argmin(proj[:, i]))] - hu_ * u, pts[int(np.argmax(proj[:, i]))] + hu_ * u
+    c = pts.mean(axis=0)
+    pv = (pts - c) @ v
+    sa, sb = c + (pv.min() - hv) * v, c + (pv.max() + hv) * v
+
+    def idx(q):
+        return (float(q[0] / sx), float(q[1] / sy), float(k))
+
+    return (idx(a), idx(b)), (idx(sa), idx(sb))
+
+
+def lung_rads_category(long_mm: float, short_mm: float, nodule_type: str, solid_mean_mm: float | None = None) -> dict:
+    """Lung-RADS v2022 baseline size category of one nodule and the rule used.
+
+    Mean diameter = (long + short) / 2 on the same axial image, to 0.1 mm. Solid: < 6 mm 2,
+    6 to < 8 mm 3, 8 to < 15 mm 4A, >= 15 mm 4B. Part-solid: total < 6 mm 2; >= 6 mm with solid
+    component < 6 mm 3, 6 to < 8 mm 4A, >= 8 mm 4B. Ground glass: < 30 mm 2, >= 30 mm 3
+    (ACR Lung-RADS v2022). Size only: no growth, morphology or prior exam considered.
+    """
+    mean = round((long_mm + short_mm) / 2, 1)
+    if nodule_type == "ground glass":
+        cat = "2" if mean < 30 else "3"
+        rule = f"ground glass, mean diameter {mean} mm {'<' if mean < 30 else '>='} 30 mm (baseline)"
+    elif nodule_type == "part-solid":
+        s = round(solid_mean_mm, 1) if solid_mean_mm is not None else 0.0
+        if mean < 6:
+            cat, rule = "2", f"part-solid, mean diameter {mean} mm < 6 mm (baseline)"
+        elif s < 6:
+            cat, rule = "3", f"part-solid, mean diameter {mean} mm >= 6 mm, solid component {s} mm < 6 mm (baseline)"
+        elif s < 8:
+            cat, rule = "4A", f"part-solid, solid component {s} mm 6 to < 8 mm (baseline)"
+        else:
+            cat, rule = "4B", f"part-solid, solid component {s} mm >= 8 mm (baseline)"
+    else:
+        for lim, c in ((6, "2"), (8, "3"), (15, "4A")):
+            if mean < lim:
+                cat = c
+                break
+        else:
+            cat = "4B"
+        band = {"2": "< 6 mm", "3": "6 to < 8 mm", "4A": "8 to < 15 mm", "4B": ">= 15 mm"}[cat]
+        rule = f"solid, mean diameter {mean} mm {band} (baseline)"
+    return {"category": cat, "rule": f"Lung-RADS v2022 size category: {rule}", "mean_diameter_mm": mean}
+
+
+# ----------------------------------------------------------------------------- runtime
+def open_nodule_runtime(volume: Volume | None, package: ModelPackage, precision: str, threads: int | None):
+    """Checks and an ONNX session for the nodule classifier: ``(session, warnings)``.
+
+    Raises
+    ------
+    PackageError
+        Wrong task, modality refused, hash failure, or an ONNX input/output shape that is not
+        the card's ``(n, channels, patch, patch)`` -> ``(n, 2 + len(types))``.
+    ValueError
+        Unknown precision.
+    """
+    if package.task != "classification":
+        raise PackageError(f"model {package.id} is a {package.task} model, not classification")
+    if precision not in ("int8", "fp32"):
+        raise ValueError(f"precision must be int8 or fp32, not {precision!r}")
+    warnings = []
+    if volume is not None:
+        w = package.check_modality(volume.info.modality)
+        if w:
+            warnings.append(w)
+    session = make_session(package.file(precision), threads)
+    spec = package.meta["input"]
+    inp, out = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    want = 2 + len(package.meta.get("nodule_types", NODULE_TYPES))
+    if len(inp) != 4 or (isinstance(inp[1], int) and inp[1] != int(spec["channels"])) or \
+            (isinstance(out[1], int) and out[1] != want):
+        raise PackageError(f"{package.id}: ONNX input {inp} / output {out} do not match the card "
+                           f"({spec['channels']} channels, {want} outputs)")
+    return session, warnings
+
+
+def run_views(session, views_hu: np.ndarray, norm: dict, batch: int = 64) -> np.ndarray:
+    """Raw logits ``(n, 5)`` of the classifier for HU views ``(n, 9, P, P)``."""
+    if len(views_hu) == 0:
+        return np.zeros((0, 5), np.float32)
+    name = session.get_inputs()[0].name
+    x = normalize(views_hu, norm)
+    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)], axis=0)
+
+
+def probabilities(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated question probability ``(n,)`` and type probabilities ``(n, 3)`` from logits."""
+    q = (logits[:, 1] - logits[:, 0]) / float(temperature)
+    p = 1.0 / (1.0 + np.exp(-np.clip(q, -60, 60)))
+    t = logits[:, 2:] - logits[:, 2:].max(axis=1, keepdims=True)
+    t = np.exp(t)
+    return p, t / t.sum(axis=1, keepdims=True)
 
 
 def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None,
                   crop: bool = False) -> Generator[SegProgress, None, ClassificationResult]:
-    """Run a nodule classification package; yields progress, returns the result.
+    """Run the nodule package on a CT volume; yields progress, returns the result.
+
+    ``crop=True``: the volume is a crop inside the chest (lung air may touch its border).
 
     Raises
     ------
@@ -114,34 +433,78 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
         Wrong task, modality refused, hash failure or a model/card mismatch.
     """
     t0 = time.perf_counter()
-    session, warnings = open_runtime(volume, package, "classification", precision, threads)
+    session, warnings = open_nodule_runtime(volume, package, precision, threads)
     spec = package.meta["input"]
     T = float(package.meta["calibration"]["temperature"])
+    cparams = package.meta.get("candidates", {})
+    types = tuple(package.meta.get("nodule_types", NODULE_TYPES))
+    thr = float(package.meta["review_policy"].get("decision_threshold", 0.5))
     stage = {}
     t = time.perf_counter()
-    yield SegProgress("pre", 0, 1)
+    yield SegProgress("pre", 0, 4)
     grid = to_model_grid(volume, spec["spacing_mm"])
-    hu = sitk.GetArrayFromImage(grid)
-    x = normalize(hu, spec["normalization"])
-    lungs = lung_mask(hu, grid.GetSpacing(), crop=crop)
+    hu = sitk.GetArrayViewFromImage(grid)
+    sp = grid.GetSpacing()
+    lungs = closed_lung_mask(hu, sp, crop=crop)
     stage["pre"] = time.perf_counter() - t
     t = time.perf_counter()
-    gen = sliding_window(x, session, spec, len(package.labels), 1.0)
-    while True:
-        try:
-            p = next(gen)
-            p.stage = "screen"
-            yield p
-        except StopIteration as stop:
-            prob = stop.value[1]
-            break
-    stage["screen"] = time.perf_counter() - t
-    t = time.perf_counter()
-    cands, comp = candidates_from_prob(prob, lungs, grid, T)
+    yield SegProgress("candidates", 1, 4)
+    comp, comps = detect_candidates(hu, sp, lungs, cparams)
     stage["candidates"] = time.perf_counter() - t
+    t = time.perf_counter()
+    yield SegProgress("classify", 2, 4)
+    views = extract_views(hu, [c["centroid_zyx"] for c in comps], int(spec["patch_size"][-1]),
+                          tuple(spec.get("plane_offsets_mm", (-2, 0, 2))))
+    logits = run_views(session, views, spec["normalization"])
+    p, tp = probabilities(logits, T)
+    stage["classify"] = time.perf_counter() - t
+    t = time.perf_counter()
+    yield SegProgress("measure", 3, 4)
+    cands = []
+    voxel_ml = float(np.prod(sp)) / 1000
+    for k, c in enumerate(comps):
+        z0, y0, x0, z1, y1, x1 = c["bbox"]
+        m = c["mask"]
+        long_mm, short_mm, _ = axial_diameters(m, sp)
+        ntype = types[int(np.argmax(tp[k]))]
+        solid = None
+        if ntype == "part-solid":
+            sm = m & (hu[z0:z1, y0:y1, x0:x1] > -300)
+            sl, ss, _ = axial_diameters(sm, sp) if sm.any() else (0.0, 0.0, -1)
+            solid = (sl + ss) / 2
+        centre = grid.TransformContinuousIndexToPhysicalPoint([float(c["centroid_zyx"][2]), float(c["centroid_zyx"][1]),
+                                                               float(c["centroid_zyx"][0])])
+        pk = float(p[k])
+        ends = axial_axes(m, sp)
+        if ends is not None:
+            ends = [[[round(float(v), 2) for v in grid.TransformContinuousIndexToPhysicalPoint(
+                [q[0] + x0, q[1] + y0, q[2] + z0])] for q in pair] for pair in ends]
+        cands.append(Candidate(0, tuple(float(v) for v in centre), long_mm, pk, pk, float(logits[k, 1] - logits[k, 0]),
+                               c["voxels"], k + 1, long_mm, short_mm, c["voxels"] * voxel_ml, ntype,
+                               {n: round(float(v), 4) for n, v in zip(types, tp[k])},
+                               lung_rads_category(long_mm, short_mm, ntype, solid),
+                               ends[0] if ends else None, ends[1] if ends else None))
+    cands.sort(key=lambda c: -c.probability)
+    for r, c in enumerate(cands, 1):
+        c.rank = r
+    prob_map = np.zeros(comp.shape, np.float32)
+    if cands:
+        lut = np.zeros(len(comps) + 1, np.float32)
+        for c in cands:
+            lut[c.label] = c.probability
+        prob_map = lut[comp]
     study = max((c.probability for c in cands), default=0.0)
-    yield SegProgress("candidates", 1, 1, eta_s=0.0)
-    return ClassificationResult(package.id, precision, study, cands, prob, comp, grid, time.perf_counter() - t0, stage, warnings)
+    above = [c for c in cands if c.probability >= thr]
+    if above:
+        big = max(above, key=lambda c: c.long_axis_mm + c.short_axis_mm)
+        lr = dict(big.lung_rads, candidate_rank=big.rank)
+    else:
+        lr = {"category": "1", "rule": f"Lung-RADS v2022: no candidate at probability >= {thr} (size category 1, "
+                                       "negative; calcified or sub-threshold nodules are not reported)"}
+    stage["measure"] = time.perf_counter() - t
+    yield SegProgress("measure", 4, 4, eta_s=0.0)
+    return ClassificationResult(package.id, precision, study, cands, prob_map, comp, grid, time.perf_counter() - t0, stage,
+                                warnings, lr)
 
 
 def classify(volume: Volume, package: ModelPackage, precision: str = "int8", threads: int | None = None,

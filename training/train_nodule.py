@@ -1,21 +1,31 @@
-"""Train the nodule screen of ``ct-nodule-2p5d`` on real CT lungs with synthetic nodules.
+"""Train the candidate classifier of ``ct-nodule-2p5d`` 0.2 on real LIDC-IDRI nodules.
 
-Usage: ``python -m training.train_nodule [--iters 1500]``
+Usage: ``python -m training.train_nodule [--iters 2000] [--out DIR] [--bank FILE.npz]``
 
-Backgrounds (training only): the chest CTA crop (patient C) and patient B's lung bases
-(ct-abdomen-nifti). The chest-tumour patient (D, ct-chest-tumor) is never used here: it is
-the held-out background and holds the real adenocarcinoma. Each sample inserts a nodule
-(60 %), a vessel-like distractor (20 %) or nothing (20 %) at a random lung position
-(training/nodules.py) and trains a 2.5-D U-Net to segment the nodule on the middle slice.
-Run 2 (shipped) samples 50 % nodules / 25 % distractors / 25 % nothing and, half of the time,
-averages 2-3 neighbouring slices to mimic thick (5-7.5 mm) reconstructions; run 1 used
-60/20/20 and no thick slices (its held-out figures are kept in the model card).
-Writes ``state_dict.pt`` and ``fp32.onnx`` under ``--out``.
+Data (training split only, ``training/nodule_data.py``): the training LIDC patients' nodules
+pasted into the training background lungs (C slices 0-79, B, both also re-sliced to 5 and
+8 mm), through the shipped preprocessing (1 mm grid, closed lungs, the candidate screen):
+
+* **scan samples**: each background twice, with 5 pasted nodules each; every candidate of the screen
+  is a sample, labelled positive when it hits a pasted solid/part-solid non-calcified nodule
+  >= 6 mm (``nodule_data.match``), negative otherwise (vessels, pleura, small and calcified
+  nodules, ground glass);
+* **nodule samples**: every training nodule pasted 3 more times at random points of random
+  backgrounds (a 64 mm box around the point), centred on the pasted centroid.
+
+A sample is a 40 mm cube at 1 mm; training draws a random 32 mm sub-cube (centre jitter
++-4 mm), random flips along x/y/z and x/y transposition, a small HU gain/offset, and feeds the
+nine planes (``inference.classify.views_of_cube``) to ``TriPlanarNet``. Loss: cross-entropy of
+the question (positives drawn 40 % of the time) + 0.5 x cross-entropy of the nodule type on
+samples that are nodules (LIDC texture: solid / part-solid / ground glass). AdamW, one-cycle.
+Writes ``state_dict.pt``, ``fp32.onnx``, ``train_log.json`` and the sample bank summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,110 +33,197 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from radreview.explain.nets import UNet2p5D
-from training.common import fit_and_save
+from radreview.explain.nets import TriPlanarNet
+from radreview.inference.classify import NODULE_TYPES, detect_candidates, views_of_cube
+from radreview.inference.lungs import closed_lung_mask
 from radreview.inference.segment import normalize, to_model_grid
-from radreview.studies import load_image_file
-from training.nodules import insert_nodule, insert_vessel, lung_mask, random_nodule_params
-from training.seg_data import DATA
+from radreview.studies import Volume
+from radreview.studies.paste import paste_nodule
+from training.nodule_data import TRAIN_BGS, background, make_case, match, nodules, paste_points
 
-SPACING = (1.0, 1.0, 2.5)  # (x, y, z) mm
-NORM = {"method": "hu_clip_scale", "clip": [-1024, 500], "offset": -262.0, "scale": 0.002}
-CTX = 1
+SPACING = (1.0, 1.0, 1.0)
+PATCH = 32
+CUBE = 40
+OFFSETS = (-2, 0, 2)
+NORM = {"method": "hu_clip_scale", "clip": [-1000, 400], "offset": -300.0, "scale": 1 / 700}
+TYPE_INDEX = {t: i for i, t in enumerate(NODULE_TYPES)}
 
 
-def background(name: str):
-    """``(hu (z, y, x) on the model grid, lung mask, grid image)`` of a training/eval background."""
-    if name == "C":
-        vol = load_image_file(DATA / "ct-chest-crops/chest_crop_1.nii.gz", modality="CT")
-        crop = True
-    elif name == "B":
-        vol = load_image_file(DATA / "ct-abdomen-nifti/ct.nii.gz", modality="CT")
-        crop = False
+def cube_at(hu: np.ndarray, c_zyx, size: int = CUBE, fill: float = -1024.0) -> np.ndarray:
+    """``(size,)*3`` int16 cube of ``hu`` ``(z, y, x)`` centred on voxel ``c_zyx`` (padded with ``fill``)."""
+    c = np.rint(np.asarray(c_zyx, float)).astype(int)
+    h = size // 2
+    out = np.full((size,) * 3, fill, np.float32)
+    a, b = c - h, c - h + size
+    sa, sb = np.maximum(a, 0), np.minimum(b, hu.shape)
+    if np.all(sb > sa):
+        d = sa - a
+        out[d[0]:d[0] + sb[0] - sa[0], d[1]:d[1] + sb[1] - sa[1], d[2]:d[2] + sb[2] - sa[2]] = hu[sa[0]:sb[0], sa[1]:sb[1], sa[2]:sb[2]]
+    return np.rint(out).astype(np.int16)
+
+
+def candidates_of(vol: Volume, crop: bool):
+    """``(model-grid HU, grid, comps)`` through the shipped screen."""
+    g = to_model_grid(vol, SPACING)
+    hu = sitk.GetArrayFromImage(g)
+    lungs = closed_lung_mask(hu, g.GetSpacing(), crop=crop)
+    _, comps = detect_candidates(hu, g.GetSpacing(), lungs)
+    return hu, g, comps
+
+
+def scan_samples(bg: str, nods, rng):
+    """Cubes, labels and types of every screen candidate of one pasted case; plus recall counts."""
+    case = make_case(bg, nods, rng, min_sep_mm=30.0)
+    hu, g, comps = candidates_of(case.volume, case.crop)
+    cubes, ys, ts, hit = [], [], [], set()
+    for c in comps:
+        z, y, x = c["centroid_zyx"]
+        lps = g.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])
+        i = match(lps, case.truth)
+        t = case.truth[i] if i is not None else None
+        cubes.append(cube_at(hu, c["centroid_zyx"]))
+        ys.append(int(bool(t and t["qualifies"])))
+        ts.append(TYPE_INDEX[t["nodule_type"]] if t else -1)
+        if t is not None:
+            hit.add(i)
+    q = [i for i, t in enumerate(case.truth) if t["qualifies"]]
+    return cubes, ys, ts, (len(set(q) & hit), len(q)), len(comps)
+
+
+def nodule_sample(nod, bg: str, rng, half_mm: float = 32.0):
+    """One cube of ``nod`` pasted at a random point of ``bg`` (a box around it only)."""
+    vol, _ = background(bg)
+    pts = paste_points(bg)
+    p = pts[rng.integers(len(pts))]
+    ijk = np.rint(vol.lps_to_index(p)).astype(int)
+    h = np.ceil(half_mm / np.asarray(vol.spacing)).astype(int)
+    lo = np.maximum(ijk - h, 0)
+    hi = np.minimum(ijk + h + 1, vol.size)
+    sub = Volume(np.ascontiguousarray(vol.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]), vol.spacing,
+                 tuple(vol.index_to_lps(lo.astype(float))), vol.direction, vol.info)
+    arr, _ = paste_nodule(sub, nod.image, nod.mask, p)
+    sub = Volume(arr, sub.spacing, sub.origin, sub.direction, sub.info)
+    g = to_model_grid(sub, SPACING)
+    hu = sitk.GetArrayFromImage(g)
+    c = np.asarray(g.TransformPhysicalPointToContinuousIndex([float(v) for v in p]))[::-1]
+    return cube_at(hu, c)
+
+
+def build_bank(rng, scan_reps: int = 3, per_nodule: int = 4, log=print):
+    """The training sample bank: ``(cubes (n, 40, 40, 40) int16, y (n,), type (n,), stats)``."""
+    train = nodules("train")
+    cubes, ys, ts = [], [], []
+    rec, ncand = [0, 0], []
+    t0 = time.time()
+    for bg in TRAIN_BGS:
+        for _ in range(scan_reps):
+            pick = [train[i] for i in rng.choice(len(train), 5, replace=False)]
+            c, y, t, (h, n), k = scan_samples(bg, pick, rng)
+            cubes += c
+            ys += y
+            ts += t
+            rec[0] += h
+            rec[1] += n
+            ncand.append(k)
+        log(json.dumps({"bank": bg, "samples": len(cubes), "seconds": round(time.time() - t0, 1)}))
+    for j, nod in enumerate(train):
+        for _ in range(per_nodule):
+            cubes.append(nodule_sample(nod, TRAIN_BGS[int(rng.integers(len(TRAIN_BGS)))], rng))
+            ys.append(int(nod.qualifies))
+            ts.append(TYPE_INDEX[nod.nodule_type])
+        if j % 100 == 0:
+            log(json.dumps({"bank": "nodules", "done": j, "samples": len(cubes), "seconds": round(time.time() - t0, 1)}))
+    stats = {"samples": len(cubes), "positives": int(np.sum(ys)), "nodule_samples": int(np.sum(np.asarray(ts) >= 0)),
+             "train_nodules": len(train), "train_qualifying": sum(n.qualifies for n in train),
+             "screen_recall_on_training_cases": [rec[0], rec[1]], "candidates_per_case_mean": float(np.mean(ncand)),
+             "seconds": round(time.time() - t0, 1)}
+    return np.stack(cubes), np.asarray(ys, np.int64), np.asarray(ts, np.int64), stats
+
+
+def augment_views(cube: np.ndarray, rng, train: bool = True) -> np.ndarray:
+    """Nine normalised planes ``(9, 32, 32)`` from a 40 mm cube (random sub-cube/flips when training)."""
+    m = (CUBE - PATCH) // 2
+    if train:
+        o = rng.integers(0, 2 * m + 1, size=3)
+        c = cube[o[0]:o[0] + PATCH, o[1]:o[1] + PATCH, o[2]:o[2] + PATCH].astype(np.float32)
+        for ax in range(3):
+            if rng.random() < 0.5:
+                c = c[(slice(None),) * ax + (slice(None, None, -1),)]
+        if rng.random() < 0.5:
+            c = c.transpose(0, 2, 1)
+        c = c * (1 + rng.uniform(-0.05, 0.05)) + rng.uniform(-20, 20)
     else:
-        raise KeyError(name)
-    grid = to_model_grid(vol, SPACING)
-    hu = sitk.GetArrayFromImage(grid)
-    return hu, lung_mask(hu, SPACING, crop=crop), grid
+        c = cube[m:m + PATCH, m:m + PATCH, m:m + PATCH].astype(np.float32)
+    return normalize(views_of_cube(np.ascontiguousarray(c), OFFSETS), NORM)
 
 
-def make_case(hu, lungs, rng, block_xy=112, block_z=9, kind=None, params=None, center=None):
-    """A block around a lung position with an insertion; returns (block HU, nodule mask, kind, params, centre)."""
-    Z, Y, X = hu.shape
-    if center is None:
-        pts = np.argwhere(lungs)
-        center = pts[rng.integers(len(pts))]
-    cz, cy, cx = (int(v) for v in center)
-    hz, hy = block_z // 2, block_xy // 2
-    zs = np.clip(np.arange(cz - hz, cz + hz + 1), 0, Z - 1)
-    ys = np.clip(np.arange(cy - hy, cy + hy), 0, Y - 1)
-    xs = np.clip(np.arange(cx - hy, cx + hy), 0, X - 1)
-    block = hu[np.ix_(zs, ys, xs)].astype(np.float32)
-    c = (hz, hy, hy)
-    sp_zyx = (SPACING[2], SPACING[1], SPACING[0])
-    kind = kind or rng.choice(["nodule", "vessel", "none"], p=[0.6, 0.2, 0.2])
-    mask = np.zeros(block.shape, bool)
-    if kind == "nodule":
-        params = params or random_nodule_params(rng)
-        mask = insert_nodule(block, c, sp_zyx, params, rng)
-    elif kind == "vessel":
-        insert_vessel(block, c, sp_zyx, rng)
-    return block, mask, kind, params, c
-
-
-def thick_slices(block: np.ndarray, n: int) -> np.ndarray:
-    """Average ``n`` neighbouring slices (a box filter along z): a thicker reconstruction."""
-    pad = np.pad(block, ((n // 2, n - 1 - n // 2), (0, 0), (0, 0)), mode="edge")
-    c = np.cumsum(pad, axis=0, dtype=np.float64)
-    c = np.concatenate([np.zeros((1, *block.shape[1:])), c], axis=0)
-    return ((c[n:] - c[:-n]) / n).astype(np.float32)
-
-
-def sample(bgs, rng, patch, batch):
-    xs, ys = [], []
-    names = list(bgs)
-    for _ in range(batch):
-        hu, lungs, _ = bgs[names[rng.choice(len(names), p=[0.7, 0.3])]]
-        block, mask, kind, params, c = make_case(hu, lungs, rng, kind=rng.choice(["nodule", "vessel", "none"], p=[0.5, 0.25, 0.25]))
-        if rng.random() < 0.5:  # thick-slice reconstruction (2-3 slices = 5-7.5 mm): the held-out gap
-            block = thick_slices(block, int(rng.integers(2, 4)))
-        # slice through the lesion (any of its slices) or anywhere
-        zs = np.flatnonzero(mask.any(axis=(1, 2))) if mask.any() else np.arange(1, block.shape[0] - 1)
-        k = int(np.clip(rng.choice(zs), 1, block.shape[0] - 2))
-        off = rng.integers(-(block.shape[1] - patch) // 2, (block.shape[1] - patch) // 2 + 1, size=2)
-        y0 = int(np.clip((block.shape[1] - patch) // 2 + off[0], 0, block.shape[1] - patch))
-        x0 = int(np.clip((block.shape[2] - patch) // 2 + off[1], 0, block.shape[2] - patch))
-        x = normalize(block[k - 1 : k + 2, y0 : y0 + patch, x0 : x0 + patch], NORM)
-        x = x * (1 + rng.uniform(-0.08, 0.08)) + rng.uniform(-0.04, 0.04)
-        xs.append(x)
-        ys.append(mask[k, y0 : y0 + patch, x0 : x0 + patch].astype(np.int64))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    """FP32 ONNX (opset 17) with dynamic batch: ``image`` ``(n, 9, 32, 32)`` -> ``logits`` ``(n, 5)``."""
+    model.eval()
+    torch.onnx.export(model, torch.zeros(2, 3 * len(OFFSETS), PATCH, PATCH), path, input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
+                      dynamo=False)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=1500)
-    ap.add_argument("--patch", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scan-reps", type=int, default=2)
+    ap.add_argument("--per-nodule", type=int, default=3)
     ap.add_argument("--out", default="resources/models/ct-nodule-2p5d")
+    ap.add_argument("--bank", default="", help="cache the sample bank in this .npz (reused when present)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bgs = {n: background(n) for n in ("C", "B")}
-    model = UNet2p5D(in_ch=2 * CTX + 1, n_cls=2, base=16, depth=3)
-    weight = torch.tensor([1.0, 4.0])
+    log_lines = []
 
-    def loss_fn(logits, y):
-        p = logits.softmax(1)[:, 1]
-        yt = (y == 1).float()
-        dice = 1 - (2 * (p * yt).sum() + 1) / (p.sum() + yt.sum() + 1)
-        return F.cross_entropy(logits, y, weight=weight) + dice
+    def log(s):
+        print(s, flush=True)
+        log_lines.append(s)
 
-    fit_and_save(model, lambda: sample(bgs, rng, args.patch, args.batch), loss_fn, args, out, 2 * CTX + 1)
+    bank = Path(args.bank) if args.bank else None
+    if bank is not None and bank.is_file():
+        z = np.load(bank, allow_pickle=False)
+        cubes, y, types, stats = z["cubes"], z["y"], z["types"], json.loads(str(z["stats"]))
+    else:
+        cubes, y, types, stats = build_bank(rng, args.scan_reps, args.per_nodule, log)
+        if bank is not None:
+            np.savez(bank, cubes=cubes, y=y, types=types, stats=json.dumps(stats))
+    log(json.dumps(stats))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    model = TriPlanarNet(in_ch=3 * len(OFFSETS), views=3, base=16, n_types=len(NODULE_TYPES))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.iters, pct_start=0.1)
+    t0, hist = time.time(), []
+    for it in range(1, args.iters + 1):
+        model.train()
+        npos = int(round(args.batch * 0.4))
+        idx = np.concatenate([rng.choice(pos, npos), rng.choice(neg, args.batch - npos)])
+        x = torch.from_numpy(np.stack([augment_views(cubes[i], rng) for i in idx]))
+        yq = torch.from_numpy(y[idx])
+        yt = torch.from_numpy(types[idx])
+        logits = model(x)
+        loss = F.cross_entropy(logits[:, :2], yq)
+        if (yt >= 0).any():
+            loss = loss + 0.5 * F.cross_entropy(logits[:, 2:], yt, ignore_index=-1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 100 == 0:
+            hist.append({"iter": it, "loss": round(float(loss.detach()), 4), "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(hist[-1]), flush=True)
+    model.eval()
+    torch.save(model.state_dict(), out / "state_dict.pt")
+    export_onnx(model, out / "fp32.onnx")
+    (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "batch": args.batch, "seed": args.seed,
+                                                     "bank": stats, "log": hist}, indent=1))
+    print("wrote", out, flush=True)
 
 
 if __name__ == "__main__":

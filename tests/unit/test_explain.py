@@ -97,3 +97,25 @@ def test_cli_explain_writes_heatmap_on_input_grid(ct_series, tmp_path):
     p = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "explain", str(ct_series), "--model", SEG,
                         "--out", str(tmp_path), "--target", "pancreas"], capture_output=True, text=True)
     assert p.returncode != 0 and "unknown label" in p.stderr
+
+
+def test_nodule_twin_matches_fp32_onnx_on_real_views(data_dir):
+    """The tri-planar nodule classifier's twin agrees with its FP32 ONNX model on views of real
+    lung candidates, and a 1 % weight drift is refused."""
+    from radreview.inference.classify import detect_candidates, extract_views
+    from radreview.inference.lungs import closed_lung_mask
+    from radreview.inference.segment import normalize, to_model_grid
+    from radreview.studies import load_image_file
+
+    pkg = load_package("ct-nodule-2p5d", check_hashes=True)
+    vol = load_image_file(data_dir / "ct-chest-crops/chest_crop_1.nii.gz", modality="CT")
+    g = to_model_grid(vol, pkg.meta["input"]["spacing_mm"])
+    hu = sitk.GetArrayFromImage(g)
+    _, comps = detect_candidates(hu, g.GetSpacing(), closed_lung_mask(hu, g.GetSpacing(), crop=True))
+    x = normalize(extract_views(hu, [c["centroid_zyx"] for c in comps[:16]], 32), pkg.meta["input"]["normalization"])
+    net = load_twin(pkg)
+    assert check_twin(net, pkg, x) <= 1e-3
+    with torch.no_grad():
+        net.head[-1].weight.mul_(1.01)
+    with pytest.raises(ExplanationRefused, match="disagree"):
+        check_twin(net, pkg, x)

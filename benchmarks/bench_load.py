@@ -25,12 +25,20 @@ def load_ours(folder):
     return load_series(max(result.volumes, key=lambda e: len(e.frames))).array
 
 
+_SITK_ALIVE: dict = {}
+
+
 def load_sitk(folder):
+    """SimpleITK's reader; returns a NumPy *view* (no copy, so the RSS figure stays fair) of an
+    image that is kept alive in ``_SITK_ALIVE`` until the next call. (A view of the temporary
+    ``r.Execute()`` result pointed into freed memory once the image was released.)"""
     import SimpleITK as sitk
 
     r = sitk.ImageSeriesReader()
     r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder)))
-    return sitk.GetArrayViewFromImage(r.Execute())
+    img = r.Execute()
+    _SITK_ALIVE["image"] = img
+    return sitk.GetArrayViewFromImage(img)
 
 
 def timed(fn, folder, repeats):

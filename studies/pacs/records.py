@@ -1,0 +1,109 @@
+"""Query keys, query results and retrieve progress shared by the DIMSE and DICOMweb clients."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["StudyQuery", "StudyResult", "SeriesResult", "InstanceResult", "RetrieveProgress", "middle_instance",
+           "parse_date_range"]
+
+
+def parse_date_range(text: str | None) -> str:
+    """``YYYYMMDD``, ``YYYYMMDD-YYYYMMDD``, ``YYYYMMDD-`` or ``-YYYYMMDD`` (DICOM range matching,
+    PS3.4 C.2.2.2.5); returns it unchanged after checking.
+
+    Raises
+    ------
+    ValueError
+        Anything else.
+    """
+    if not text:
+        return ""
+    if not re.fullmatch(r"(\d{8})?(-(\d{8})?)?", text) or text == "-":
+        raise ValueError(f"study date must be YYYYMMDD or YYYYMMDD-YYYYMMDD, got {text!r}")
+    return text
+
+
+@dataclass
+class StudyQuery:
+    """Study-level matching keys (empty = universal match). ``patient_name`` may use ``*`` and
+    ``?`` wildcards; ``study_date`` is a DICOM date range; ``modality`` matches Modalities in Study."""
+
+    patient_id: str = ""
+    patient_name: str = ""
+    accession: str = ""
+    study_date: str = ""
+    modality: str = ""
+    study_uid: str = ""
+
+    def __post_init__(self) -> None:
+        self.study_date = parse_date_range(self.study_date)
+
+
+@dataclass
+class StudyResult:
+    study_instance_uid: str
+    patient_id: str = ""
+    patient_name: str = ""
+    study_date: str = ""
+    accession: str = ""
+    modalities: list[str] = field(default_factory=list)
+    description: str = ""
+    series_count: int | None = None
+
+    def as_dict(self) -> dict:
+        """The ``radreview pacs find --json`` row."""
+        return {"study_instance_uid": self.study_instance_uid, "patient_id": self.patient_id,
+                "study_date": self.study_date, "modalities": self.modalities, "description": self.description,
+                "series_count": self.series_count, "patient_name": self.patient_name, "accession": self.accession}
+
+
+@dataclass
+class SeriesResult:
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str = ""
+    description: str = ""
+    number: int | None = None
+    instance_count: int | None = None
+
+
+@dataclass
+class InstanceResult:
+    """One instance; ``position`` is Image Position (Patient) in LPS mm when the PACS returns it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+    number: int | None = None
+    position: tuple[float, float, float] | None = None
+
+
+def middle_instance(instances: list[InstanceResult]) -> InstanceResult | None:
+    """The instance in the middle of the stack: sorted by Image Position (Patient) along the
+    dominant axis when every instance has one, else by Instance Number, else as listed."""
+    if not instances:
+        return None
+    if all(i.position is not None for i in instances):
+        spread = [max(i.position[a] for i in instances) - min(i.position[a] for i in instances) for a in range(3)]
+        axis = spread.index(max(spread))
+        ordered = sorted(instances, key=lambda i: i.position[axis])
+    elif all(i.number is not None for i in instances):
+        ordered = sorted(instances, key=lambda i: i.number)
+    else:
+        ordered = list(instances)
+    return ordered[len(ordered) // 2]
+
+
+@dataclass
+class RetrieveProgress:
+    """Yielded once per file received: ``done`` of ``total`` (None when unknown) instances, the
+    file just written, and ``middle`` (the middle instance's file) on the first progress after it
+    arrived, so a viewer can show it before the rest."""
+
+    done: int
+    total: int | None
+    path: Path | None = None
+    middle: Path | None = None
+    bytes: int = 0

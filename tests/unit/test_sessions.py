@@ -479,3 +479,44 @@ def test_report_without_truth_has_null_metrics(tmp_path, demo):
     assert blk["unaided"]["auc"] is None and blk["unaided"]["sensitivity"] is None and blk["unaided"]["auc_ci95"] is None
     assert rep["ai"]["auc"] is None and blk["aided"] is None and blk["switches"] is None
     assert blk["unaided"]["median_seconds"] is not None
+
+
+def test_deidentified_export_of_the_session_cases(tmp_path, demo_cases, uncompressed_ct):
+    """``session export``: every case de-identified (DICOM through Annex E, image files as voxels
+    + geometry only), with a cases.csv a new session can be created from; refused into a
+    non-empty folder."""
+    import pydicom
+    import SimpleITK as sitk
+
+    folder, paths, dss = uncompressed_ct
+    for p in paths:  # plant identifying values in the real slices
+        ds = pydicom.dcmread(p)
+        ds.PatientName, ds.PatientID, ds.InstitutionName = "Doe^Jane", "MRN-4711", "St Elsewhere"
+        ds.save_as(p)
+    src = read_cases_csv(demo_cases["cases"])[:1]
+    cases = tmp_path / "cases.csv"
+    cases.write_text(f"case_id,path\n{src[0]['case_id']},{src[0]['path']}\nct1,{folder}\n")
+    db = tmp_path / "x.db"
+    ReadingSession.create(db, read_cases_csv(cases), ["a"], "shadow", models=[]).close()
+    out = tmp_path / "export"
+    r = cli("session", "export", db, "--out", out)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["cases"] == 2 and summary["files"] == len(paths) + 1
+    exported = sorted((out / "ct1").rglob("*.dcm"))
+    assert len(exported) == len(paths)
+    old_uids = {str(d.SOPInstanceUID) for d in dss} | {str(dss[0].StudyInstanceUID), str(dss[0].SeriesInstanceUID)}
+    for f in exported:
+        ds = pydicom.dcmread(f)
+        text = str(ds)
+        assert "Doe^Jane" not in text and "MRN-4711" not in text and "St Elsewhere" not in text
+        assert not ({str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)} & old_uids)
+        assert ds.PatientIdentityRemoved == "YES"
+    assert len({str(pydicom.dcmread(f).StudyInstanceUID) for f in exported}) == 1  # consistent across the study
+    img = sitk.ReadImage(str(out / src[0]["case_id"] / "image.nii.gz"))
+    orig = sitk.ReadImage(src[0]["path"])
+    assert img.GetSize() == orig.GetSize() and np.array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(orig))
+    rows = read_cases_csv(out / "cases.csv")  # a new session can be made from the export
+    assert [r["case_id"] for r in rows] == [src[0]["case_id"], "ct1"]
+    again = cli("session", "export", db, "--out", out)
+    assert again.returncode == 2 and "not empty" in again.stderr

@@ -1,6 +1,6 @@
 """``radreview session ...``: reading sessions (shadow / sequential / concurrent), headless.
 
-Sub-commands: ``create``, ``run-ai``, ``record``, ``reveal``, ``status``, ``report``, ``demo``
+Sub-commands: ``create``, ``run-ai``, ``record``, ``reveal``, ``status``, ``report``, ``export``, ``demo``
 (headless) and ``read`` (the GUI; its Qt code lives in ``_session_read`` and is imported only
 when that command runs, so this module stays free of Qt and VTK).
 """
@@ -132,6 +132,23 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from radreview.review.sessions import SessionError
+    from radreview.review.sessions.export import export_cases_deid
+    from radreview.studies.deid import DeidOptions
+
+    s = _open(args.db)
+    try:
+        res = export_cases_deid(s, args.out, DeidOptions(keep_dates=args.keep_dates, key=args.key or ""))
+    except (SessionError, OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    for w in res["warnings"]:
+        print(f"radreview: warning: {w}", file=sys.stderr)
+    print(json.dumps({"out": res["out"], "cases": len(res["cases"]), "files": sum(c["files"] for c in res["cases"]),
+                      "skipped": len(res["skipped"]), "profile": res["profile"]}))
+    return 0
+
+
 def _demo(args) -> int:
     from radreview.review.sessions import SessionDBError, SessionError
     from radreview.review.sessions.demo import DemoError, build_demo
@@ -220,6 +237,13 @@ def add_subparser(sub) -> None:
     p.add_argument("db")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_report)
+
+    x = ss.add_parser("export", help="the session's cases de-identified (PS3.15 Annex E) with a cases.csv index")
+    x.add_argument("db")
+    x.add_argument("--out", required=True)
+    x.add_argument("--keep-dates", action="store_true", help="Retain Full Dates option (default: dates shifted)")
+    x.add_argument("--key", default=None, help="secret for consistent UID remapping and pseudonyms across exports")
+    x.set_defaults(func=_export)
 
     d = ss.add_parser("demo", help="build a small demo session from ../shared/data (real CT, real LIDC nodules)")
     d.add_argument("db")

@@ -227,6 +227,13 @@ class ReviewStore:
             write_head(self.path, count + 1, h)
         return ts
 
+    def _check_decision(self, study_key: str, decision: str, reviewer: str, addendum: bool, reason: str | None) -> None:
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+        if not reviewer.strip():
+            raise ValueError("a decision needs a reviewer name")
+        self._check_unlocked(study_key, addendum, reason)
+
     def record_decision(self, study_key: str, finding_id: str, decision: str, reviewer: str, reason: str | None = None,
                         addendum: bool = False) -> str:
         """Persist a decision (accept/reject/edit); returns its timestamp once durably committed.
@@ -236,11 +243,7 @@ class ReviewStore:
         ValueError
             Unknown decision or empty reviewer name.
         """
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
-        if not reviewer.strip():
-            raise ValueError("a decision needs a reviewer name")
-        self._check_unlocked(study_key, addendum, reason)
+        self._check_decision(study_key, decision, reviewer, addendum, reason)
         ts = _now()
         payload = {"study": study_key, "finding": finding_id, "decision": decision, "reason": reason or ""}
         if addendum:
@@ -260,11 +263,7 @@ class ReviewStore:
         ValueError
             Unknown decision or empty reviewer name.
         """
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
-        if not reviewer.strip():
-            raise ValueError("a decision needs a reviewer name")
-        self._check_unlocked(study_key, addendum, reason)
+        self._check_decision(study_key, decision, reviewer, addendum, reason)
         ts = _now()
         payload = {"study": study_key, "findings": list(finding_ids), "decision": decision, "reason": reason or ""}
         if addendum:

@@ -147,8 +147,10 @@ def test_ai_vs_reference_flow_edit_and_export(uid_window, qtbot, data_dir, tmp_p
     ai = window.ai_panel.result.labels.copy()
     ref_path = data_dir / "ct-abdomen-dicom" / "totalsegmentator_labels.nii.gz"
     cp = window.compare_panel
+    assert not window.compare_dock.isVisible()  # the review panel keeps its height until there is a reference
     with qtbot.waitSignal(cp.compared, timeout=60000):
         assert cp.import_reference(str(ref_path))
+    assert window.compare_dock.isVisible()
     names = [r["name"] for r in cp.rows]
     assert names == ["liver", "spleen"]  # the slab has no TotalSegmentator kidneys or lungs
     # the table equals the headless comparison

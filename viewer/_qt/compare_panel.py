@@ -573,6 +573,11 @@ def install_edit_compare(win) -> None:
     cdock = QDockWidget("Compare", win)
     cdock.setWidget(win.compare_panel)
     win.addDockWidget(Qt.BottomDockWidgetArea, cdock)  # the metrics table is wide (14 columns)
+    # the review table is the product's main panel: the Compare dock takes its height only when
+    # there is something to compare (a reference imported, or the ai|manual layout chosen)
+    cdock.setVisible(False)
+    win.compare_panel.reference_loaded.connect(lambda *_: cdock.setVisible(True))
+    win.layout_box.currentTextChanged.connect(lambda name: cdock.setVisible(True) if name == COMPARE_LAYOUT else None)
     win.edit_dock, win.compare_dock = dock, cdock
     win._edit_keys = KeyFilter(win.edit_panel)
     win.installEventFilter(win._edit_keys)
@@ -582,7 +587,7 @@ def install_edit_compare(win) -> None:
         win.layout_box.addItem(COMPARE_LAYOUT)
     tb = win.toolbar
     tb.addSeparator()
-    tb.addAction(QAction("Import reference…", win, triggered=win.compare_panel._ask_reference))
+    tb.addAction(QAction("Import reference…", win, triggered=lambda: (cdock.setVisible(True), win.compare_panel._ask_reference())))
     tb.addAction(QAction("Export SEG…", win, triggered=win.compare_panel._ask_export))
     for item in EDIT_SHORTCUTS + [("Layout ai|manual", "AI mask (left) and reference (right), linked")]:
         if item not in mw.SHORTCUTS:

@@ -97,3 +97,15 @@ def _private_user_data(tmp_path_factory, monkeypatch):
     """Every test gets its own user data folder (quantized/user model packages); the user's is never touched."""
     monkeypatch.setenv("RADREVIEW_DATA_DIR", str(tmp_path_factory.mktemp("userdata")))
     monkeypatch.delenv("RADREVIEW_MODELS_PATH", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles_on_the_main_thread():
+    """Once a window exists, automatic GC is off (viewer._qt.gc_guard: cyclic garbage is collected
+    on the GUI thread only, never in a worker that would destroy Qt/VTK objects off-thread); the
+    window's timer does that while a test spins the event loop, this does it between tests."""
+    yield
+    import gc
+
+    if not gc.isenabled():
+        gc.collect()

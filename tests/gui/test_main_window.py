@@ -259,3 +259,23 @@ def test_never_frozen_stalls_on_chest_ct(qtbot, data_dir, capsys):
               f"{t_ready - t0:.1f} s, longest stall while drawn {run_stall:.2f} s; scroll p50 {p50:.0f} ms p95 {p95:.0f} ms")
     assert first < 10 and open_stall < 2.0 and run_stall < 2.0 and p95 < 2000
     win.close()
+
+
+def test_cyclic_garbage_is_collected_on_the_gui_thread_only(window, qtbot):
+    """Automatic GC is off once a window exists (it could run inside a worker and destroy Qt/VTK
+    objects off their thread); the GUI-thread timer still frees reference cycles."""
+    import gc
+    import weakref
+
+    assert not gc.isenabled()
+
+    class Node:
+        pass
+
+    a = Node()
+    a.me = a  # a reference cycle: only the cyclic collector can free it
+    ref = weakref.ref(a)
+    del a
+    junk = [[] for _ in range(gc.get_threshold()[0] + 100)]  # past the generation-0 threshold
+    qtbot.waitUntil(lambda: ref() is None, timeout=5000)
+    del junk

@@ -320,7 +320,17 @@ class ComparePanel(QWidget):
         return None, {}, {}
 
     # ------------------------------------------------------------------ reference
+    def show_dock(self, *_args) -> None:
+        """Show the Compare dock (hidden until there is something to compare)."""
+        if getattr(self, "dock", None) is not None:
+            self.dock.setVisible(True)
+
+    def layout_chosen(self, name: str) -> None:
+        if name == COMPARE_LAYOUT:
+            self.show_dock()
+
     def _ask_reference(self) -> None:
+        self.show_dock()
         path, _ = QFileDialog.getOpenFileName(
             self, "Import reference segmentation", "",
             "Label maps and DICOM (*.nii *.nii.gz *.nrrd *.mha *.mhd *.dcm);;All files (*)")
@@ -576,8 +586,9 @@ def install_edit_compare(win) -> None:
     # the review table is the product's main panel: the Compare dock takes its height only when
     # there is something to compare (a reference imported, or the ai|manual layout chosen)
     cdock.setVisible(False)
-    win.compare_panel.reference_loaded.connect(lambda *_: cdock.setVisible(True))
-    win.layout_box.currentTextChanged.connect(lambda name: cdock.setVisible(True) if name == COMPARE_LAYOUT else None)
+    win.compare_panel.dock = cdock
+    win.compare_panel.reference_loaded.connect(win.compare_panel.show_dock)
+    win.layout_box.currentTextChanged.connect(win.compare_panel.layout_chosen)
     win.edit_dock, win.compare_dock = dock, cdock
     win._edit_keys = KeyFilter(win.edit_panel)
     win.installEventFilter(win._edit_keys)
@@ -587,7 +598,7 @@ def install_edit_compare(win) -> None:
         win.layout_box.addItem(COMPARE_LAYOUT)
     tb = win.toolbar
     tb.addSeparator()
-    tb.addAction(QAction("Import reference…", win, triggered=lambda: (cdock.setVisible(True), win.compare_panel._ask_reference())))
+    tb.addAction(QAction("Import reference…", win, triggered=win.compare_panel._ask_reference))
     tb.addAction(QAction("Export SEG…", win, triggered=win.compare_panel._ask_export))
     for item in EDIT_SHORTCUTS + [("Layout ai|manual", "AI mask (left) and reference (right), linked")]:
         if item not in mw.SHORTCUTS:

@@ -136,6 +136,9 @@ class MainWindow(QMainWindow):
 
     def __init__(self) -> None:
         super().__init__()
+        from .gc_guard import install_gui_thread_gc
+
+        install_gui_thread_gc()  # cyclic GC only on this thread, never inside a worker
         import radreview.viewer.workflow  # noqa: F401 - import once now, not on the GUI thread at the first open
         self.setWindowTitle("radreview")
         self.model = ViewerModel()

@@ -436,6 +436,9 @@ class SessionWindow(QMainWindow):
 
     def __init__(self, db: str, reader: str, run_ai_ahead: bool = True) -> None:
         super().__init__()
+        from .gc_guard import install_gui_thread_gc
+
+        install_gui_thread_gc()  # cyclic GC only on this thread, never inside a worker
         self.db = db
         self.session = ReadingSession(db)
         self.reader = reader

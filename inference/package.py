@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 
 from radreview.studies.userdirs import user_data_dir
+from radreview.studies.hashing import sha256_file  # noqa: F401 - re-exported
 
 __all__ = ["SCHEMA", "PackageError", "ModelPackage", "load_package", "list_packages", "models_dir", "sha256_file",
            "user_data_dir", "user_models_dir", "model_search_path", "write_manifest", "read_manifest",
@@ -226,12 +227,6 @@ def write_manifest(folder: str | Path | None = None) -> Path:
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

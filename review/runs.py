@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .store import ReviewStore, _now
+from radreview.studies.hashing import sha256_file
 
 __all__ = ["SavedRun", "RunChanged", "save_run", "load_last_run", "runs_dir"]
 
@@ -44,12 +45,6 @@ def runs_dir(store: ReviewStore) -> Path:
     return store.path.parent / "runs"
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic(path: Path, write) -> None:
@@ -74,10 +69,10 @@ def save_run(store: ReviewStore, study_key: str, model_id: str, version: str, pa
     for name, arr in (arrays or {}).items():
         p = folder / f"{name}.npz"
         _atomic(p, lambda fh, a=arr: np.savez_compressed(fh, array=np.asarray(a)))
-        files[name] = {"path": str(p.relative_to(runs_dir(store))), "sha256": _sha(p)}
+        files[name] = {"path": str(p.relative_to(runs_dir(store))), "sha256": sha256_file(p)}
     p = folder / "result.json"
     _atomic(p, lambda fh: fh.write(json.dumps(data or {}, sort_keys=True).encode()))
-    files["result.json"] = {"path": str(p.relative_to(runs_dir(store))), "sha256": _sha(p)}
+    files["result.json"] = {"path": str(p.relative_to(runs_dir(store))), "sha256": sha256_file(p)}
     ts = _now()
     files_json = json.dumps(files, sort_keys=True)
     payload = {"study": study_key, "model": model_id, "version": version, "package_sha256": package_sha256, "files": files}
@@ -107,7 +102,7 @@ def load_last_run(store: ReviewStore, study_key: str) -> dict[str, SavedRun]:
             p = base / entry["path"]
             if not p.is_file():
                 raise RunChanged(f"{p}: saved {mid} run file is missing")
-            got = _sha(p)
+            got = sha256_file(p)
             if got != entry["sha256"]:
                 raise RunChanged(f"{p}: saved {mid} run file changed since it was saved (SHA-256 {got[:12]}..., "
                                  f"recorded {entry['sha256'][:12]}...); not restored")

@@ -13,11 +13,11 @@ Every file is checked against its SHA-256 in :data:`MANIFEST` whichever way it c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
 from pathlib import Path
+from .hashing import sha256_file
 
 __all__ = ["SampleDataError", "sample_ct_path", "cache_dir", "MANIFEST", "BASE_URL"]
 
@@ -58,16 +58,10 @@ def cache_dir() -> Path:
     return Path(base) / "radreview" / "sample-ct"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in MANIFEST)
+    return all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in MANIFEST)
 
 
 def sample_ct_path(allow_download: bool = True, timeout: float = 30.0) -> Path:
@@ -97,7 +91,7 @@ def sample_ct_path(allow_download: bool = True, timeout: float = 30.0) -> Path:
                 target = tmp / name
                 with urllib.request.urlopen(BASE_URL + name, timeout=timeout) as resp, open(target, "wb") as out:
                     shutil.copyfileobj(resp, out)
-                got = _sha256(target)
+                got = sha256_file(target)
                 if got != digest:
                     raise SampleDataError(f"{name}: SHA-256 mismatch (expected {digest}, got {got})")
             shutil.rmtree(cache, ignore_errors=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from radreview.studies.hashing import sha256_file
 
 __all__ = ["LabelEditor", "Diff", "PLANE_AXIS", "dice", "save_edited_mask", "masks_dir"]
 
@@ -454,12 +455,6 @@ def masks_dir() -> Path:
     return Path(platformdirs.user_data_dir("radreview", appauthor=False)) / "masks"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_edited_mask(store, volume, study: str, label: str, ai_labels: np.ndarray, edited: np.ndarray,
@@ -510,7 +505,7 @@ def save_edited_mask(store, volume, study: str, label: str, ai_labels: np.ndarra
     for kind, arr in (("ai", ai_labels), ("edited", edited)):
         tmp = out / f".{kind}-{os.getpid()}.nii.gz"
         save_label_file(np.ascontiguousarray(arr.astype(np.uint8, copy=False)), volume, tmp)
-        sha = _sha256(tmp)
+        sha = sha256_file(tmp)
         final = out / f"{kind}-{sha[:16]}.nii.gz"
         if final.exists():
             tmp.unlink()

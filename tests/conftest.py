@@ -62,19 +62,26 @@ def write_series(folder: Path, datasets, names=None) -> list[Path]:
     return paths
 
 
-@pytest.fixture
-def uncompressed_ct(tmp_path, ct_datasets):
-    """The sample CT re-written uncompressed with fresh UIDs (so tests may edit files)."""
-    series_uid = generate_uid()
-    dss = []
-    for ds in ct_datasets:
+def with_fresh_uids(datasets, study_uid: str | None = None) -> list:
+    """Copies of ``datasets`` as one new series: fresh Series and SOP Instance UIDs, the Study
+    Instance UID ``study_uid`` (new when None), SOP Class from the File Meta (the shared sample
+    CT has these blank, which a SEG or RTSTRUCT cannot reference)."""
+    study, series = study_uid or generate_uid(), generate_uid()
+    out = []
+    for ds in datasets:
         ds = copy.deepcopy(ds)
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyInstanceUID = ds.StudyInstanceUID or "1.2.3.4"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        dss.append(ds)
+        out.append(ds)
+    return out
+
+
+@pytest.fixture
+def uncompressed_ct(tmp_path, ct_datasets):
+    """The sample CT re-written uncompressed with fresh UIDs (so tests may edit files)."""
+    dss = with_fresh_uids(ct_datasets, study_uid=ct_datasets[0].StudyInstanceUID or "1.2.3.4")
     folder = tmp_path / "ct"
     paths = write_series(folder, dss)
     return folder, paths, dss

@@ -25,7 +25,7 @@ from radreview.review.metrics import bounding_box, hd95, lesion_counts, mask_met
 from radreview.studies import Volume, open_volume
 from radreview.studies.labels import LabelImportError, load_reference
 
-from ..conftest import write_series
+from ..conftest import with_fresh_uids, write_series
 
 TS = "ct-abdomen-dicom/totalsegmentator_labels.nii.gz"
 
@@ -52,15 +52,7 @@ def brain(data_dir):
 def ct_uid_series(tmp_path_factory, ct_datasets):
     """The sample CT rewritten uncompressed with fresh Study/Series/SOP Instance UIDs (the
     shared files have them blank, which a SEG or RTSTRUCT cannot reference)."""
-    study, series = generate_uid(), generate_uid()
-    dss = []
-    for ds in ct_datasets:
-        ds = copy.deepcopy(ds)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        dss.append(ds)
+    dss = with_fresh_uids(ct_datasets)
     folder = tmp_path_factory.mktemp("ct_uids") / "series"
     write_series(folder, dss)
     return folder

@@ -19,7 +19,7 @@ from radreview.studies import open_volume
 from radreview.studies.labels import load_reference
 from radreview.studies.seg import SegExportError, export_seg, model_card_codes
 
-from ..conftest import write_series
+from ..conftest import with_fresh_uids, write_series
 
 TS = "ct-abdomen-dicom/totalsegmentator_labels.nii.gz"
 DCIODVFY = shutil.which("dciodvfy")
@@ -28,15 +28,7 @@ DCIODVFY = shutil.which("dciodvfy")
 @pytest.fixture(scope="module")
 def series(tmp_path_factory, ct_datasets):
     """The sample CT with fresh Study/Series/SOP Instance UIDs (the shared copy has them blank)."""
-    study, ser = generate_uid(), generate_uid()
-    dss = []
-    for ds in ct_datasets:
-        ds = copy.deepcopy(ds)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, ser
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        dss.append(ds)
+    dss = with_fresh_uids(ct_datasets)
     folder = tmp_path_factory.mktemp("seg") / "series"
     write_series(folder, dss)
     return folder

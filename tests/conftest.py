@@ -9,7 +9,6 @@ import copy
 import os
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -85,10 +84,6 @@ def uncompressed_ct(tmp_path, ct_datasets):
     folder = tmp_path / "ct"
     paths = write_series(folder, dss)
     return folder, paths, dss
-
-
-def pixel_sum_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(a, b)
 
 
 @pytest.fixture(autouse=True)

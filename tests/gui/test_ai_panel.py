@@ -69,13 +69,25 @@ def test_row_click_jumps_to_centroid_and_toggles(window, qtbot):
 
 
 def test_cancel_leaves_no_result(window, qtbot):
+    """Cancel mid-run: the worker stops before the end (the bar never reaches 100 %, no
+    result), and nothing is written: no overlay, no findings, no saved run in the store."""
     panel = window.ai_panel
+    values, results = [], []
+    panel.progress.valueChanged.connect(values.append)
+    panel.result_ready.connect(results.append)
+    store = window.review_panel.store
+    saved_before = [r for r in store.audit_rows() if r[3] == "run-saved"]
     with qtbot.waitSignal(panel.run_cancelled, timeout=120000):
         panel.run()
         qtbot.waitUntil(lambda: panel.progress.value() > 0 or panel.eta.text().startswith("infer"), timeout=60000)
         qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    qtbot.wait(200)  # a late result would arrive on these event-loop turns
+    assert results == [] and panel.run_result is None
+    assert values and max(values) < 1000  # stopped before the end of the run
     assert panel.result is None and OVERLAY_NAME not in window.model.overlays
     assert panel.table.rowCount() == 0 and panel.run_button.isEnabled()
+    assert window.review_panel.findings() == []
+    assert [r for r in store.audit_rows() if r[3] == "run-saved"] == saved_before  # no run stored
     assert "Cancelled" in panel.eta.text()
     # the app keeps working: a new run completes
     with qtbot.waitSignal(panel.result_ready, timeout=120000):

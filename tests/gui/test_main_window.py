@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PySide6.QtCore import QPoint, Qt
 
 from radreview.viewer.model import window_presets
@@ -119,7 +118,18 @@ def test_preset_combo_and_readout(window, qtbot):
                      Qt.NoButton, Qt.NoModifier)
     QApplication.sendEvent(ax, ev)
     text = window.readout.text()
-    assert "HU" in text and "LPS" in text
+    # "<HU> HU   LPS (x, y, z) mm" of the voxel under the mouse: image row 256, col 256 of this slice
+    import re
+
+    mt = re.fullmatch(r"(-?\d+) HU   LPS \((-?[\d.]+), (-?[\d.]+), (-?[\d.]+)\) mm", text)
+    assert mt, text
+    m = window.model
+    lps = np.array([float(v) for v in mt.groups()[1:]])
+    i, j, k = m.volume.lps_to_index(lps)
+    assert abs(i - 256) <= 1.5 and abs(j - 256) <= 1.5 and abs(k - m.slice_index("axial")) < 0.1
+    ii, jj, kk = np.rint([i, j, k]).astype(int)
+    hood = m.volume.array[kk, jj - 1 : jj + 2, ii - 1 : ii + 2]  # the 0.05 mm rounding may cross a voxel edge
+    assert int(mt.group(1)) in set(hood.ravel().tolist())
 
 
 def test_layouts_and_shortcut_sheet(window, qtbot):

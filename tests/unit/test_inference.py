@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from radreview.inference.package import PackageError, list_packages, load_package, models_dir
+from radreview.inference.package import PackageError, list_packages, load_package, models_dir, sha256_file
 from radreview.inference.segment import gaussian_importance, iter_segment, segment
 from radreview.studies import load_image_file, open_volume
 from radreview.review.metrics import dice, hd95
@@ -149,21 +149,52 @@ def test_stats_confidence_and_uncertainty(heldout_results):
     liver = next(s for s in r.stats if s.name == "liver")
     assert 0.3 < liver.confidence <= 1.0
     assert liver.confidence == pytest.approx(float(r.max_prob[r.labels == 3].astype(np.float32).mean()), abs=1e-3)
-    assert r.entropy.shape == vol.array.shape and float(r.entropy.max()) > 0
-    # entropy is higher on label boundaries than deep inside the liver
-    assert r.max_prob.shape == vol.array.shape
+    # voxel entropy in nats: 0 <= H <= ln(7 labels) everywhere (float16, so a rounding margin)
+    ent = r.entropy.astype(np.float32)
+    assert ent.shape == vol.array.shape and ent.min() >= 0 and ent.max() <= np.log(7) + 2e-3
+    # and higher on the liver's boundary than deep inside it (where the model is sure)
+    liver_m = r.labels == 3
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(liver_m.astype(np.uint8)), (4, 4, 1))) > 0
+    rim = liver_m & ~sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(liver_m.astype(np.uint8)), (1, 1, 0))).astype(bool)
+    assert core.sum() > 1000 and rim.sum() > 1000
+    assert float(ent[rim].mean()) > 2 * float(ent[core].mean())
+    # where the max-softmax probability is near 1, the entropy is near 0 (H <= h(p) + (1-p) ln 6, Fano)
+    sure = r.max_prob.astype(np.float32) > 0.999
+    assert sure.sum() > 1000 and float(ent[sure].mean()) < 0.05
     c = liver.centroid_lps
     assert vol.lps_to_index(c)[0] < vol.size[0] / 2  # liver is patient-right = low i in LPS
 
 
+def test_voxel_entropy_closed_form():
+    """Shannon entropy in nats over the channel axis 0 of ``(C, z, y, x)`` probabilities:
+    binary p = 0.5 is ln 2, a one-hot voxel 0, uniform over C labels ln C, and one
+    hand-computed mixed distribution."""
+    from radreview.inference.segment import _entropy
+
+    prob = np.zeros((4, 1, 2, 2), np.float32)
+    prob[:2, 0, 0, 0] = 0.5  # binary, p = 0.5
+    prob[2, 0, 0, 1] = 1.0  # one-hot
+    prob[:, 0, 1, 0] = 0.25  # uniform over 4
+    prob[:3, 0, 1, 1] = (0.7, 0.2, 0.1)
+    h = _entropy(prob)
+    assert h.shape == (1, 2, 2) and h.dtype == np.float32
+    want = [[np.log(2), 0.0], [np.log(4), -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))]]
+    np.testing.assert_allclose(h[0], want, atol=1e-6)
+
+
 def test_cancel_mid_run_leaves_nothing(pkg, ct_series):
+    """Closing the generator during inference stops it there: progress short of the total,
+    no later stage reached, no result returned."""
     vol = open_volume(ct_series)
     gen = iter_segment(vol, pkg, "int8", 2)
-    stages = [next(gen).stage for _ in range(3)]
-    assert "infer" in stages or "pre" in stages
+    steps = [next(gen) for _ in range(3)]
+    assert [p.stage for p in steps] == ["pre", "infer", "infer"]
+    assert 0 < steps[1].done < steps[2].done < steps[2].total  # cancelled mid-inference
     gen.close()  # cancel
-    with pytest.raises(StopIteration):
+    assert gen.gi_frame is None  # the generator finished at the close, it did not run on
+    with pytest.raises(StopIteration) as stop:
         next(gen)
+    assert stop.value.value is None  # no SegmentationResult
 
 
 def test_cli_models_list_and_verify():
@@ -210,7 +241,8 @@ def test_models_quantize_records_measured_deltas(tmp_path, data_dir):
     (agree,) = rec["dice_fp32_vs_int8_on_calibration"].values()
     assert agree["lungs"] >= 0.95
     assert load_package(d, check_hashes=True).verify() == []  # new INT8 file, hash recorded
-    assert len(old) == 64
+    assert meta["files"]["int8"]["sha256"] == sha256_file(d / "int8.onnx")
+    assert meta["files"]["int8"]["sha256"] != old  # the requantized file replaced the shipped one
 
 
 def test_every_slice_segmented_on_heldout(heldout_results, data_dir):

@@ -116,12 +116,18 @@ def test_dimse_get_compressed_study(orthanc, tmp_path):
 
 
 def test_dimse_cancel_aborts(orthanc, tmp_path):
+    """Closing the retrieve after the first instance aborts the association: no instance
+    arrives afterwards, no partial (``.part``) file is left, and the PACS still answers."""
     srv, info = orthanc
     gen = iter_retrieve(dimse(srv), *info["chest"], tmp_path, method="get")
     first = next(gen)
     gen.close()  # cancel
-    assert first.done == 1
-    assert len(list(tmp_path.rglob("*.dcm"))) < 30
+    assert first.done == 1 and first.total == 30
+    n = len(list(tmp_path.rglob("*.dcm")))
+    time.sleep(1.0)  # an association left open would keep delivering C-STOREs meanwhile
+    assert len(list(tmp_path.rglob("*.dcm"))) == n < 30
+    assert not list(tmp_path.rglob("*.part"))
+    assert echo(dimse(srv)) < 5
 
 
 def test_dimse_store_roundtrip(orthanc, tmp_path):

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import signal
-import stat
 import struct
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from radreview.studies import LoadError, load_series, open_volume, scan
+from radreview.studies import LoadError, open_volume, scan
 from radreview.studies.discovery import check_orientation, check_position, check_spacing, HeaderProblem
 
 CLI = [sys.executable, "-m", "radreview.viewer.cli"]

@@ -185,6 +185,93 @@ def test_echoes_split_into_stacks(uncompressed_ct, tmp_path):
     assert len(result.volumes) == 2
     assert {len(v.frames) for v in result.volumes} == {6}
     assert any("echo 2" in v.stack_label for v in result.volumes)
+    for v in result.volumes:
+        # Echo Numbers (0018,0086) of single-frame images; no Effective Echo Time there
+        assert {f.echo_numbers for f in v.frames} in ({1.0}, {2.0})
+        assert all(f.effective_echo_time is None for f in v.frames)
+
+
+def test_effective_echo_time_splits_enhanced_stacks(uncompressed_ct, tmp_path):
+    """Enhanced objects carry MR Echo (0018,9114) > Effective Echo Time (0018,9082), in ms."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.dataset import Dataset
+
+    _, _, dss = uncompressed_ct
+    mf = LegacyConvertedEnhancedCTImage(
+        legacy_datasets=dss, series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1,
+    )
+    for i, item in enumerate(mf.PerFrameFunctionalGroupsSequence):
+        echo = Dataset()
+        echo.EffectiveEchoTime = 20.0 if i % 2 else 90.0
+        item.MREchoSequence = [echo]
+    (tmp_path / "mf").mkdir()
+    mf.save_as(tmp_path / "mf" / "enhanced.dcm")
+    result = scan(tmp_path / "mf")
+    assert len(result.volumes) == 2
+    assert sorted({f.effective_echo_time for f in v.frames}.pop() for v in result.volumes) == [20.0, 90.0]
+    assert all(f.echo_numbers is None for v in result.volumes for f in v.frames)
+    assert any("echo time 20 ms" in v.stack_label for v in result.volumes)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "693_J2KI.dcm", "MR2_J2KI.dcm",
+                                  "J2K_pixelrep_mismatch.dcm"])
+def test_jpeg2000_decode_is_identical_to_pydicom(name):
+    """JPEG 2000 goes through imagecodecs (GIL released); values and dtype are pydicom's,
+    including where the J2K header's signedness disagrees with Pixel Representation."""
+    from pydicom.pixels import pixel_array
+
+    ours = _decode_ours(name)
+    ref = pixel_array(get_testdata_file(name))
+    assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
+
+
+def test_sample_ct_jpeg2000_uses_threaded_decoder(ct_series):
+    from radreview.studies.loader import _decode_j2k, _threadable
+
+    (entry,) = scan(ct_series).volumes
+    for f in entry.frames:
+        assert _threadable(f)
+        fast = _decode_j2k(f)
+        assert fast is not None  # decoded by imagecodecs, not handed back to pydicom
+        assert np.array_equal(fast, pydicom.dcmread(f.path).pixel_array)
+
+
+def test_parallel_scan_matches_inline_scan(uncompressed_ct, tmp_path, monkeypatch):
+    """A folder over PARALLEL_SCAN_MIN_FILES parsed on the process pool gives the same series,
+    frames and skipped files (with reasons, in order) as parsing in this process."""
+    import time
+
+    from radreview.studies.discovery import PARALLEL_SCAN_MIN_FILES
+    from radreview.studies.parallel import ready_pool, warm_pool
+    from tests.conftest import with_fresh_uids
+
+    _, paths, dss = uncompressed_ct
+    folder = tmp_path / "many"
+    for k in range(PARALLEL_SCAN_MIN_FILES // len(dss) + 1):
+        write_series(folder / f"s{k}", with_fresh_uids(dss, study_uid=dss[0].StudyInstanceUID))
+    shutil.copy(folder / "s0" / "IM0003.dcm", folder / "s0" / "zz_duplicate.dcm")
+    (folder / "s1" / "notes.txt").write_text("not DICOM")
+    raw = paths[5].read_bytes()
+    (folder / "s2" / "zz_truncated.dcm").write_bytes(raw[: len(raw) // 2])
+
+    monkeypatch.setenv("RADREVIEW_NO_PROCESS_POOL", "1")
+    inline = scan(folder)
+    assert ready_pool() is None
+    monkeypatch.delenv("RADREVIEW_NO_PROCESS_POOL")
+    warm_pool()
+    for _ in range(600):
+        if ready_pool() is not None:
+            break
+        time.sleep(0.05)
+    assert ready_pool() is not None  # the next scan parses on the pool
+    pooled = scan(folder)
+    assert pooled.as_dict() == inline.as_dict()
+    assert len(inline.volumes) == len(list(folder.iterdir())) and len(inline.skipped) == 3
+    assert any("duplicate SOP Instance UID" in s.reason for s in inline.skipped)
+    for a, b in zip(inline.volumes, pooled.volumes):
+        assert [f.path for f in a.frames] == [f.path for f in b.frames]
+        assert a.info == b.info
 
 
 def _decode_ours(name: str) -> np.ndarray:
@@ -348,7 +435,7 @@ def test_bad_files_are_skipped_with_reasons(uncompressed_ct):
     assert "no Pixel Data" in reasons["nopixel.dcm"]
     assert "differs from the rest" in reasons["small.dcm"]
     dup = [n for n in ("copy_of_8.dcm", paths[8].name) if n in reasons]
-    assert dup and "duplicate SOP Instance UID" in reasons[dup[0]]
+    assert len(dup) == 1 and "duplicate SOP Instance UID" in reasons[dup[0]]  # one of the two copies kept
     (entry,) = result.volumes
     assert len(entry.frames) == 19  # 20 - truncated
     vol = load_series(entry)
@@ -388,9 +475,11 @@ def test_non_image_objects_listed_not_crashing(tmp_path):
     assert by_class["CT Image Storage"].kind == "volume"
     # emri_small has no functional groups: listed as 2-D images, not stacked
     assert by_class["Enhanced MR Image Storage"].kind == "image"
-    skipped = {Path(s.path).name for s in result.skipped}
-    assert "no_meta.dcm" in skipped  # no File Meta: reported, not guessed
-    assert "rtstruct.dcm" in skipped or any(s.sop_class_name == "RT Structure Set Storage" for s in result.series)
+    assert by_class["RT Dose Storage"].kind == "non-image"
+    skipped = {Path(s.path).name: s.reason for s in result.skipped}
+    # no File Meta (pydicom's rtstruct.dcm lacks it too): reported, not guessed
+    assert set(skipped) == {"no_meta.dcm", "rtstruct.dcm"}
+    assert all(r.startswith("not a DICOM file") and "File Meta" in r for r in skipped.values())
 
 
 def test_zip_archive(ct_series, tmp_path):
@@ -422,13 +511,19 @@ def test_folder_without_dicom_raises_load_error(tmp_path):
 
 
 def test_load_is_a_cancellable_generator_with_preview(ct_series):
+    """The first step carries the decoded middle slice (SimpleITK's values); closing the
+    generator there stops the load: 1 of 20 frames done, no Volume returned."""
     (entry,) = scan(ct_series).volumes
     gen = iter_load(entry)
     first = next(gen)
-    assert first.preview is not None
+    assert first.preview is not None and (first.done, first.total) == (1, 20)
     k, sl = first.preview
-    assert k == 10 and sl.shape == (512, 512)
-    gen.close()  # cancel: nothing else happens
+    assert k == 10 and np.array_equal(sl, sitk.GetArrayFromImage(sitk_series(ct_series))[10])
+    gen.close()  # cancel
+    assert gen.gi_frame is None  # finished at the close, no frames decoded after it
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value is None  # no Volume
 
 
 # ----------------------------------------------------------------------------- image files

@@ -111,8 +111,9 @@ def test_readout_and_default_window(ct_series):
     assert model.preset == "header" and model.window == (40.0, 300.0)
     lps = vol.index_to_lps([256, 256, 10])
     text = model.readout(lps)
-    assert "HU" in text and "LPS" in text
-    assert str(int(vol.array[10, 256, 256])) in text
+    x, y, z = lps
+    assert text == f"{int(vol.array[10, 256, 256])} HU   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+    assert model.readout(vol.index_to_lps([-5, 0, 0])).startswith("outside ")
     model.apply_preset("bone")
     assert model.window == window_presets()["bone"]
     with pytest.raises(KeyError, match="unknown W/L preset"):
@@ -126,7 +127,8 @@ def test_mr_gets_percentile_window(data_dir):
     c, w = model.window
     lo, hi = np.percentile(vol.array[vol.array > vol.array.min()], [1, 99])
     assert c == pytest.approx((lo + hi) / 2, rel=0.1)
-    assert auto_window(vol)[1] > 0
+    assert w == pytest.approx(hi - lo, rel=0.1)
+    assert tuple(auto_window(vol)) == pytest.approx((c, w))
 
 
 # ----------------------------------------------------------------------------- CLI contract
@@ -173,7 +175,8 @@ def test_cli_errors_are_one_line(tmp_path):
     assert p.stderr.strip().count("\n") == 0 and "no such file" in p.stderr
     (tmp_path / "empty").mkdir()
     p = run_cli("info", str(tmp_path / "empty"), "--json")
-    assert p.returncode != 0 or json.loads(p.stdout)["series"] == []
+    assert p.returncode == 2 and json.loads(p.stdout) == {"series": [], "skipped": []}
+    assert p.stderr.strip().count("\n") == 0 and "no DICOM series found" in p.stderr
 
 
 def test_sample_data_from_mirror_and_refusal(tmp_path, data_dir, monkeypatch):

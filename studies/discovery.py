@@ -16,6 +16,7 @@ Index*, MR Echo *Effective Echo Time*).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from pydicom.errors import InvalidDicomError
 from .geometry import GAP_SPLIT_FACTOR, StackGeometry, compute_stack_geometry, split_at_gaps
 from .sopclass import VOLUME_CLASSES, is_non_image, sop_class_name
 from .volume import StudyInfo
+from radreview.studies.errors import RadreviewError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ MAX_COMPRESSION_RATIO = 2000
 ORIENTATION_TOL = 1e-2
 
 
-class HeaderProblem(ValueError):
+class HeaderProblem(ValueError, RadreviewError):
     """A geometry or pixel-description attribute is unusable; the message names it and why."""
 
 
@@ -98,7 +100,8 @@ class FrameRef:
     instance_number: int | None = None
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
-    echo: float | None = None
+    echo_numbers: float | None = None  # Echo Numbers (0018,0086), single-frame images
+    effective_echo_time: float | None = None  # Effective Echo Time (0018,9082) in ms, MR Echo functional group
     temporal: float | None = None
     stack_id: str | None = None
     transfer_syntax: str = ""
@@ -108,6 +111,8 @@ class FrameRef:
     photometric: str = "MONOCHROME2"
     pixel_offset: int | None = None  # byte offset of native pixel data in the file (fast path)
     pixel_length: int | None = None
+    encapsulated_offset: int | None = None  # byte offset of the value of encapsulated Pixel Data (PS3.5 A.4)
+    number_of_frames: int = 1
     display_path: str = ""
 
     @property
@@ -341,6 +346,15 @@ def _info_from(ds, source: str) -> StudyInfo:
     )
 
 
+def _encapsulated_offset(ds) -> int | None:
+    """Byte offset of the value (the Basic Offset Table item) of encapsulated Pixel Data, else ``None``."""
+    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    if elem is None or getattr(elem, "length", None) != 0xFFFFFFFF:
+        return None
+    tell = getattr(elem, "value_tell", None)
+    return int(tell) if tell is not None else None
+
+
 def _pixel_location(ds, path: Path) -> tuple[int | None, int | None, str | None]:
     """Offset/length of native pixel data and a problem message (truncated file) if any."""
     elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
@@ -522,7 +536,7 @@ def _frames_from_single(ds, path: Path, display: str) -> list[FrameRef]:
             instance_number=int(_first_number(inst, 0)) if inst not in (None, "") else None,
             slice_thickness=_first_number(ds.get("SliceThickness")),
             spacing_between_slices=_first_number(ds.get("SpacingBetweenSlices")),
-            echo=_first_number(ds.get("EchoNumbers")),
+            echo_numbers=_first_number(ds.get("EchoNumbers")),
             temporal=_first_number(ds.get("TemporalPositionIdentifier")),
             transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
             bits_allocated=int(ds.get("BitsAllocated", 16)),
@@ -531,6 +545,7 @@ def _frames_from_single(ds, path: Path, display: str) -> list[FrameRef]:
             photometric=_str(ds, "PhotometricInterpretation") or "MONOCHROME2",
             pixel_offset=offset,
             pixel_length=length,
+            encapsulated_offset=_encapsulated_offset(ds),
             display_path=display,
         )
     ]
@@ -550,6 +565,7 @@ def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     per = ds.PerFrameFunctionalGroupsSequence if "PerFrameFunctionalGroupsSequence" in ds else None
     out = []
+    encapsulated = _encapsulated_offset(ds)
     for f in range(n):
         item = per[f] if per is not None and f < len(per) else None
         pos = _fg(item, shared, "PlanePositionSequence")
@@ -574,7 +590,7 @@ def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
                 slope=(_first_number(pvt.get("RescaleSlope"), 1.0) if pvt is not None else 1.0) or 1.0,
                 intercept=_first_number(pvt.get("RescaleIntercept"), 0.0) if pvt is not None else 0.0,
                 slice_thickness=_first_number(meas.get("SliceThickness")) if meas is not None else None,
-                echo=_first_number(echo.get("EffectiveEchoTime")) if echo is not None else None,
+                effective_echo_time=_first_number(echo.get("EffectiveEchoTime")) if echo is not None else None,
                 temporal=_first_number(content.get("TemporalPositionIndex")) if content is not None else None,
                 stack_id=str(content.get("StackID", "")) or None if content is not None else None,
                 transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
@@ -582,6 +598,8 @@ def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
                 bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
                 pixel_representation=int(ds.get("PixelRepresentation", 0)),
                 photometric=_str(ds, "PhotometricInterpretation") or "MONOCHROME2",
+                encapsulated_offset=encapsulated,
+                number_of_frames=n,
                 display_path=display,
             )
         )
@@ -589,25 +607,115 @@ def _frames_from_multiframe(ds, path: Path, display: str) -> list[FrameRef]:
 
 
 # --------------------------------------------------------------------------- the scan
+#: Folders with at least this many files have their headers parsed on the shared process pool
+#: (:mod:`studies.parallel`): pydicom's parser is pure Python and holds the GIL, so threads
+#: would not help. Smaller folders are parsed here (a pool round trip costs more than it saves).
+PARALLEL_SCAN_MIN_FILES = 64
+_INLINE_BIG_SCANS = 0
+
+
 @dataclass
-class _Obj:
-    path: Path
+class _Parsed:
+    """What one file's header says, extracted where it was parsed (picklable, no Dataset).
+
+    ``early`` is a reason found before the duplicate-SOP check, ``late`` one found after it
+    (the order :func:`_merge` applies them in); ``info`` is set for the first file of each
+    series key in a parse batch.
+    """
+
     display: str
-    ds: object
+    unreadable: str | None = None
+    early: str | None = None
+    late: str | None = None
+    sop_class: str = ""
+    sop_uid: str = ""
+    study: str = ""
+    series: str = ""
+    patient: str = ""
+    modality: str = ""
+    description: str = ""
+    kind: str = "volume"
+    why_2d: str = ""
+    frames: list = field(default_factory=list)
+    info: StudyInfo | None = None
 
 
-def _read_header(path: Path, display: str, skipped: list[Skipped]) -> _Obj | None:
+def _read_header(path: Path, display: str):
+    """``(dataset, None)`` or ``(None, reason)``; the pixel data value is deferred (only its
+    offset and length are read, PS3.10 file format), so a header read never loads pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns for every odd value; the checks below decide
-            ds = pydicom.dcmread(path, defer_size=1024)
+            return pydicom.dcmread(path, defer_size=1024), None
     except InvalidDicomError:
-        skipped.append(Skipped(display, "not a DICOM file (no 'DICM' preamble / File Meta Information, PS3.10 7.1)"))
-        return None
+        return None, "not a DICOM file (no 'DICM' preamble / File Meta Information, PS3.10 7.1)"
     except Exception as exc:  # truncated header, broken sequence, bad VR...
-        skipped.append(Skipped(display, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
-        return None
-    return _Obj(path, display, ds)
+        return None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
+
+
+def _parse_file(path: Path, display: str, info_keys: set) -> _Parsed:
+    """Read and sort out one file's header; never raises (problems become reasons)."""
+    rec = _Parsed(display)
+    ds, rec.unreadable = _read_header(path, display)
+    if ds is None:
+        return rec
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _extract(ds, path, rec, info_keys)
+    except Exception as exc:  # noqa: BLE001 - one bad file never stops the scan
+        if rec.sop_uid and rec.early is None:
+            rec.late = f"unusable DICOM header: {type(exc).__name__}: {exc}"
+        else:
+            rec.early = f"unusable DICOM header: {type(exc).__name__}: {exc}"
+    return rec
+
+
+def _parse_batch(items: list[tuple[Path, str]]) -> list[_Parsed]:
+    """Process-pool task: :func:`_parse_file` for several files, in order."""
+    info_keys: set = set()
+    return [_parse_file(p, d, info_keys) for p, d in items]
+
+
+def _parse_all(items: list[tuple[Path, str]]) -> Iterator[tuple[int, list[_Parsed]]]:
+    """Parse ``items``, yielding ``(files done, records)`` batches in file order.
+
+    Large folders are parsed on the process pool once its workers are up
+    (:func:`studies.parallel.ready_pool`); until then, and if it breaks, here. A process that
+    scans a second large folder starts the pool's workers in the background after that scan
+    (a one-shot command that scans once does not pay their start-up); an application can start
+    them early with :func:`studies.parallel.warm_pool`.
+    """
+    from .parallel import ready_pool, warm_pool
+
+    big = len(items) >= PARALLEL_SCAN_MIN_FILES
+    pool = ready_pool() if big else None
+    if pool is None:
+        info_keys: set = set()
+        for s in range(0, len(items), 16):
+            yield min(s + 16, len(items)), [_parse_file(p, d, info_keys) for p, d in items[s : s + 16]]
+        if big:
+            global _INLINE_BIG_SCANS
+            _INLINE_BIG_SCANS += 1
+            if _INLINE_BIG_SCANS >= 2:  # a session that scans large folders again: start the pool for the next
+                warm_pool()  # after this scan, so that it does not slow it down
+        return
+    n_cpu = os.cpu_count() or 1
+    size = max(16, len(items) // (4 * n_cpu) or 1)
+    batches = [items[s : s + size] for s in range(0, len(items), size)]
+    futures = [pool.submit(_parse_batch, b) for b in batches]
+    done = 0
+    try:
+        for batch, fut in zip(batches, futures):
+            try:
+                recs = fut.result()
+            except Exception:  # noqa: BLE001 - pool broken (a worker was killed): parse here instead
+                recs = _parse_batch(batch)
+            done += len(batch)
+            yield done, recs
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 def iter_scan(path: str | os.PathLike) -> Iterator[tuple[int, int, ScanResult | None]]:
@@ -644,17 +752,18 @@ def iter_scan(path: str | os.PathLike) -> Iterator[tuple[int, int, ScanResult | 
     else:
         files = [(root, shown(root))]
 
-    objs: list[_Obj] = []
     total = len(files)
-    for n, (p, display) in enumerate(files, 1):
-        if p.name.upper() == "DICOMDIR" and p.parent == (root if root.is_dir() else root.parent):
-            continue
-        obj = _read_header(p, display, skipped)
-        if obj is not None:
-            objs.append(obj)
-        if n % 16 == 0:
-            yield n, total, None
-    _group(objs, result)
+    top = root if root.is_dir() else root.parent
+    items = [(p, d) for p, d in files if not (p.name.upper() == "DICOMDIR" and p.parent == top)]
+    records: list[_Parsed] = []
+    for n, batch in _parse_all(items):
+        for rec in batch:
+            if rec.unreadable:
+                skipped.append(Skipped(rec.display, rec.unreadable))
+            else:
+                records.append(rec)
+        yield n, total, None
+    _group(records, result)
     yield total, total, result
 
 
@@ -734,20 +843,16 @@ def scan(path: str | os.PathLike) -> ScanResult:
     return result
 
 
-def _group(objs: list[_Obj], result: ScanResult) -> None:
+def _group(records: list[_Parsed], result: ScanResult) -> None:
     skipped = result.skipped
     seen_sop: dict[str, str] = {}
-    by_series: dict[tuple[str, str], list[FrameRef]] = defaultdict(list)
-    series_meta: dict[tuple[str, str], dict] = {}
+    by_series: dict[tuple[str, str, str], list[FrameRef]] = defaultdict(list)
+    series_meta: dict[tuple[str, str, str], dict] = {}
     others: dict[tuple[str, str, str], SeriesEntry] = {}
+    infos: dict[tuple, StudyInfo] = {}
 
-    for obj in objs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _add_object(obj, result, seen_sop, by_series, series_meta, others)
-        except Exception as exc:  # noqa: BLE001 - one bad file never stops the scan
-            skipped.append(Skipped(obj.display, f"unusable DICOM header: {type(exc).__name__}: {exc}"))
+    for rec in records:
+        _merge(rec, skipped, seen_sop, by_series, series_meta, others, infos)
 
     for key, frames in by_series.items():
         try:
@@ -770,80 +875,112 @@ def _group(objs: list[_Obj], result: ScanResult) -> None:
                                       s.info.patient_id, s.stack_label))
 
 
-def _add_object(obj: _Obj, result: ScanResult, seen_sop, by_series, series_meta, others) -> None:
-    """Sort one file's header into a series (or ``skipped``); raises for headers too broken to read."""
-    skipped = result.skipped
-    ds = obj.ds
-    sop_class = _str(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    sop_uid = _str(ds, "SOPInstanceUID") or str(ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
-    if sop_class == "1.2.840.10008.1.3.10":  # a nested DICOMDIR
-        skipped.append(Skipped(obj.display, "DICOMDIR index (not an image; the files it lists are scanned)"))
+def _info_key(rec: _Parsed) -> tuple:
+    if rec.kind == "volume":
+        return ("volume", rec.study, rec.series, rec.patient)
+    return (rec.kind, rec.study, rec.series, rec.sop_class)
+
+
+def _merge(rec: _Parsed, skipped, seen_sop, by_series, series_meta, others, infos) -> None:
+    """Sort one parsed file into a series (or ``skipped``), in file order."""
+    if rec.info is not None:
+        infos.setdefault(_info_key(rec), rec.info)
+    if rec.early:
+        skipped.append(Skipped(rec.display, rec.early))
         return
-    if not sop_class or not sop_uid:
-        skipped.append(Skipped(obj.display, "no SOP Class UID / SOP Instance UID (0008,0016/0018)"))
+    if rec.sop_uid in seen_sop:
+        skipped.append(Skipped(rec.display, f"duplicate SOP Instance UID {rec.sop_uid} (same as {seen_sop[rec.sop_uid]})"))
         return
-    if sop_uid in seen_sop:
-        skipped.append(Skipped(obj.display, f"duplicate SOP Instance UID {sop_uid} (same as {seen_sop[sop_uid]})"))
+    seen_sop[rec.sop_uid] = rec.display
+    if rec.late:
+        skipped.append(Skipped(rec.display, rec.late))
         return
-    seen_sop[sop_uid] = obj.display
-    study = _str(ds, "StudyInstanceUID")
-    series = _str(ds, "SeriesInstanceUID")
-    key = (study, series, _str(ds, "PatientID"))  # two patients never share a volume
-    modality = _str(ds, "Modality")
-    if is_non_image(sop_class) or "PixelData" not in ds and sop_class not in VOLUME_CLASSES:
-        okey = (study, series, sop_class)
+    info = infos.get(_info_key(rec)) or StudyInfo(study_instance_uid=rec.study, series_instance_uid=rec.series,
+                                                 patient_id=rec.patient, modality=rec.modality,
+                                                 series_description=rec.description, sop_class_uid=rec.sop_class,
+                                                 source=rec.display)
+    if rec.kind in ("non-image", "image"):
+        okey = (rec.study, rec.series, rec.sop_class)
         if okey not in others:
             others[okey] = SeriesEntry(
-                study, series, modality, _str(ds, "SeriesDescription"), sop_class,
-                info=_info_from(ds, obj.display), kind="non-image",
+                rec.study, rec.series, rec.modality, rec.description, rec.sop_class,
+                info=dataclasses.replace(info), kind=rec.kind,
+                warnings=[f"2-D images only ({rec.why_2d}); not stacked into a volume"] if rec.kind == "image" else [],
             )
-        others[okey].files.append(obj.display)
+        others[okey].files.append(rec.display)
+        return
+    key = (rec.study, rec.series, rec.patient)  # two patients never share a volume
+    by_series[key].extend(rec.frames)
+    if key not in series_meta:
+        series_meta[key] = {"modality": rec.modality, "description": rec.description, "info": info,
+                            "sop_class": rec.sop_class}
+    for f in rec.frames:
+        f.sop_instance_uid = f.sop_instance_uid or rec.sop_uid
+
+
+def _extract(ds, path: Path, rec: _Parsed, info_keys: set) -> None:
+    """Fill ``rec`` from one header; raises for headers too broken to read."""
+    display = rec.display
+    rec.sop_class = sop_class = _str(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    rec.sop_uid = _str(ds, "SOPInstanceUID") or str(ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
+    if sop_class == "1.2.840.10008.1.3.10":  # a nested DICOMDIR
+        rec.early = "DICOMDIR index (not an image; the files it lists are scanned)"
+        return
+    if not sop_class or not rec.sop_uid:
+        rec.early = "no SOP Class UID / SOP Instance UID (0008,0016/0018)"
+        return
+    rec.study = _str(ds, "StudyInstanceUID")
+    rec.series = _str(ds, "SeriesInstanceUID")
+    rec.patient = _str(ds, "PatientID")
+    rec.modality = _str(ds, "Modality")
+    rec.description = _str(ds, "SeriesDescription")
+
+    def need_info() -> None:
+        key = _info_key(rec)
+        if key not in info_keys:
+            rec.info = _info_from(ds, display)
+            info_keys.add(key)
+
+    if is_non_image(sop_class) or "PixelData" not in ds and sop_class not in VOLUME_CLASSES:
+        rec.kind = "non-image"
+        need_info()
         return
     if "PixelData" not in ds:
-        skipped.append(Skipped(obj.display, "image SOP Class but no Pixel Data (7FE0,0010)"))
+        rec.late = "image SOP Class but no Pixel Data (7FE0,0010)"
         return
-    offset, length, problem = _pixel_location(ds, obj.path)
+    offset, length, problem = _pixel_location(ds, path)
     if problem:
-        skipped.append(Skipped(obj.display, problem))
+        rec.late = problem
         return
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1))
     try:
         if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-            frames = _frames_from_multiframe(ds, obj.path, obj.display)
+            frames = _frames_from_multiframe(ds, path, display)
         else:
-            frames = _frames_from_single(ds, obj.path, obj.display)
+            frames = _frames_from_single(ds, path, display)
     except HeaderProblem as exc:
-        skipped.append(Skipped(obj.display, str(exc)))
+        rec.late = str(exc)
         return
     except Exception as exc:
-        skipped.append(Skipped(obj.display, f"unusable image header: {type(exc).__name__}: {exc}"))
+        rec.late = f"unusable image header: {type(exc).__name__}: {exc}"
         return
     if spp != 1 or any(f.position is None or f.orientation is None for f in frames):
-        why = "colour image" if spp != 1 else "no Image Position/Orientation (Patient)"
-        okey = (study, series, sop_class)
-        if okey not in others:
-            others[okey] = SeriesEntry(
-                study, series, modality, _str(ds, "SeriesDescription"), sop_class,
-                info=_info_from(ds, obj.display), kind="image",
-                warnings=[f"2-D images only ({why}); not stacked into a volume"],
-            )
-        others[okey].files.append(obj.display)
+        rec.kind = "image"
+        rec.why_2d = "colour image" if spp != 1 else "no Image Position/Orientation (Patient)"
+        need_info()
         return
-    by_series[key].extend(frames)
-    if key not in series_meta:
-        series_meta[key] = {"ds": ds, "display": obj.display, "sop_class": sop_class}
-    for f in frames:
-        f.sop_instance_uid = f.sop_instance_uid or sop_uid
+    rec.kind = "volume"
+    rec.frames = frames
+    need_info()
 
 
 def _stack_key(f: FrameRef):
     ori = tuple(np.round(f.orientation, 3) + 0.0)
-    return (f.stack_id, ori, f.echo, f.temporal)
+    return (f.stack_id, ori, f.echo_numbers, f.effective_echo_time, f.temporal)
 
 
 def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped]) -> list[SeriesEntry]:
-    ds = meta["ds"]
     groups: dict[tuple, list[FrameRef]] = defaultdict(list)
     for f in frames:
         groups[_stack_key(f)].append(f)
@@ -869,18 +1006,20 @@ def _split_series(key, frames: list[FrameRef], meta: dict, skipped: list[Skipped
         entry = SeriesEntry(
             study_instance_uid=key[0],
             series_instance_uid=key[1],
-            modality=_str(ds, "Modality"),
-            description=_str(ds, "SeriesDescription"),
+            modality=meta["modality"],
+            description=meta["description"],
             sop_class_uid=meta["sop_class"],
-            info=_info_from(ds, meta["display"]),
+            info=dataclasses.replace(meta["info"]),
         )
         if len(stacks) > 1:
             parts = []
-            stack_id, ori, echo, temporal = skey
+            stack_id, ori, echo_numbers, echo_time, temporal = skey
             if stack_id:
                 parts.append(f"stack {stack_id}")
-            if echo is not None:
-                parts.append(f"echo {echo:g}")
+            if echo_numbers is not None:
+                parts.append(f"echo {echo_numbers:g}")
+            if echo_time is not None:
+                parts.append(f"echo time {echo_time:g} ms")
             if temporal is not None:
                 parts.append(f"time {temporal:g}")
             if len({k[1] for k, _, _ in stacks}) > 1:

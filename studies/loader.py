@@ -1,8 +1,8 @@
 """Decode a :class:`~studies.discovery.SeriesEntry` into a :class:`~studies.volume.Volume`.
 
-Decoding is parallel (a thread pool: NumPy reads and the pylibjpeg/OpenJPEG decoders spend
-their time outside the GIL) and the middle slice is decoded first so a viewer can show it
-at once. The job is a generator yielding :class:`LoadProgress`; stop iterating to cancel.
+Decoding is parallel (a thread pool for native data and JPEG 2000 through imagecodecs, which
+release the GIL; a process pool for the pylibjpeg decoders, which hold it) and the middle
+slice is decoded first so a viewer can show it at once. The job is a generator yielding :class:`LoadProgress`; stop iterating to cancel.
 
 Modality LUT: values are ``stored * Rescale Slope + Rescale Intercept`` (PS3.3 C.11.1.1.2),
 per frame when frames differ. MONOCHROME1 (PS3.3 C.7.6.3.1.2) keeps the values and sets
@@ -12,6 +12,7 @@ per frame when frames differ. MONOCHROME1 (PS3.3 C.7.6.3.1.2) keeps the values a
 from __future__ import annotations
 
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Generator
@@ -22,11 +23,12 @@ from .jobs import drain
 from .discovery import FrameRef, SeriesEntry, Skipped, _NATIVE_LE
 from .parallel import decode_pool
 from .volume import Volume
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["LoadProgress", "iter_load", "load_series", "LoadError", "decode_frame", "output_dtype", "memory_budget"]
 
 
-class LoadError(RuntimeError):
+class LoadError(RuntimeError, RadreviewError):
     """A series could not be turned into a volume (message names the series and the cause)."""
 
 
@@ -107,13 +109,62 @@ def _native_dtype(f: FrameRef) -> np.dtype | None:
     return dt
 
 
-def decode_frame(f: FrameRef) -> np.ndarray:
+#: JPEG 2000 transfer syntaxes (PS3.5 A.4.4: lossless only / lossy) decoded by imagecodecs.
+_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+
+try:  # OpenJPEG through imagecodecs releases the GIL, so frames decode in parallel on threads
+    from imagecodecs import jpeg2k_decode as _jpeg2k_decode
+except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom/pylibjpeg remain the fallback
+    _jpeg2k_decode = None
+
+
+def _threadable(f: FrameRef) -> bool:
+    """True when ``f`` decodes outside the GIL (native data read by offset, or JPEG 2000 via imagecodecs)."""
+    return _native_dtype(f) is not None or (
+        _jpeg2k_decode is not None and f.transfer_syntax in _J2K and f.encapsulated_offset is not None)
+
+
+def _decode_j2k(f: FrameRef, threads: int = 1) -> np.ndarray | None:
+    """One JPEG 2000 frame through imagecodecs (OpenJPEG), or ``None`` when pydicom must decide.
+
+    The codestream is taken from the encapsulated Pixel Data at the offset found at scan time
+    (``pydicom.encaps.get_frame``, PS3.5 A.4); its declared size must match the header before it
+    is decoded. The result is used only when its shape and
+    signedness agree with the header (Rows, Columns, Bits Allocated, Pixel Representation);
+    otherwise ``None`` and the caller uses pydicom, which reconciles a J2K header that
+    disagrees with the DICOM one, so values stay identical to ``pydicom``'s ``pixel_array``.
+    """
+    from pydicom.encaps import get_frame
+
+    with open(f.path, "rb") as fh:
+        fh.seek(f.encapsulated_offset)
+        index = 0 if f.frame is None else f.frame
+        data = get_frame(fh, index, number_of_frames=max(f.number_of_frames, 1))
+    # The codestream's own size (SIZ marker segment, ITU-T T.800 A.5.1) is checked before
+    # OpenJPEG allocates anything: it must be one component of Rows x Columns.
+    if len(data) < 42 or data[:4] != b"\xff\x4f\xff\x51":
+        return None  # not a bare codestream (e.g. a JP2 wrapper): pydicom decides
+    xsiz, ysiz, xo, yo = struct.unpack(">4I", data[8:24])
+    (csiz,) = struct.unpack(">H", data[40:42])
+    if (ysiz - yo, xsiz - xo) != (f.rows, f.cols) or csiz != 1:
+        return None
+    arr = _jpeg2k_decode(data, numthreads=threads)
+    want_kind = "i" if f.pixel_representation else "u"
+    if (arr.shape != (f.rows, f.cols) or arr.dtype.kind != want_kind
+            or arr.dtype.itemsize * 8 != f.bits_allocated):
+        return None
+    return arr
+
+
+def decode_frame(f: FrameRef, threads: int = 1) -> np.ndarray:
     """Stored pixel values of one frame, shape ``(rows, cols)``, before the modality LUT.
 
     Native little-endian pixel data is read straight from its byte offset (the header was
     parsed at scan time; measured 5-10x faster than re-parsing with pydicom); everything
     else (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE, big endian) goes through
-    ``pydicom.pixels.pixel_array`` and its pylibjpeg plugins.
+    ``pydicom.pixels.pixel_array`` and its pylibjpeg plugins, except JPEG 2000, decoded by
+    imagecodecs (OpenJPEG, GIL released; ``threads`` OpenJPEG threads for this frame) when its
+    output agrees with the header, else by pydicom as well.
 
     Raises
     ------
@@ -128,6 +179,13 @@ def decode_frame(f: FrameRef) -> np.ndarray:
         if f.bits_stored < f.bits_allocated and not f.pixel_representation:
             arr = arr & ((1 << f.bits_stored) - 1)
         return arr.reshape(f.rows, f.cols)
+    if _threadable(f):
+        try:
+            arr = _decode_j2k(f, threads)
+        except Exception:  # noqa: BLE001 - let pydicom decode it, or raise its own error
+            arr = None
+        if arr is not None:
+            return arr
     from pydicom.pixels import pixel_array
 
     if f.frame is None:
@@ -172,16 +230,19 @@ def _store(out: np.ndarray, arr: np.ndarray, f: FrameRef) -> None:
         np.copyto(out, arr.astype(np.int32) * int(f.slope) + int(f.intercept), casting="unsafe")
 
 
-def _compressed(f: FrameRef) -> bool:
-    return _native_dtype(f) is None
+def _needs_process(f: FrameRef) -> bool:
+    """True for frames whose decoder holds the GIL (pylibjpeg JPEG/JPEG-LS/RLE, big endian...)."""
+    return not _threadable(f)
 
 
 def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadProgress, None, Volume]:
     """Decode ``entry`` into a Volume, yielding progress; the generator's return value is it.
 
-    Frames are written straight into the output array ``(z, y, x)``. Native pixel data is read
-    on a thread pool; compressed frames (JPEG, JPEG-LS, JPEG 2000, RLE) on the shared process
-    pool of :mod:`studies.parallel` since their decoders hold the GIL. Corrupt frames are
+    Frames are written straight into the output array ``(z, y, x)``. Native pixel data and
+    JPEG 2000 (imagecodecs) are decoded on a thread pool, as both release the GIL; other
+    compressed frames (JPEG, JPEG-LS, RLE through pylibjpeg) on the shared process pool of
+    :mod:`studies.parallel` since their decoders hold it. The middle slice is decoded first,
+    with all CPUs working on it for JPEG 2000. Corrupt frames are
     skipped (listed in the ``skipped`` attribute of the returned volume and in its warnings)
     and the remaining slices are resampled onto a uniform grid.
 
@@ -210,20 +271,20 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
     def fail(j: int, why: str) -> None:
         skipped.append(Skipped(frames[j].shown_path, f"cannot decode pixel data ({why}); slice skipped"))
 
-    def work(j: int) -> None:
+    def work(j: int, threads: int = 1) -> None:
         try:
-            _store(vol[j], decode_frame(frames[j]), frames[j])
+            _store(vol[j], decode_frame(frames[j], threads), frames[j])
             ok[j] = True
         except Exception as exc:  # corrupt slice: report, keep going
             fail(j, f"{type(exc).__name__}: {exc}")
 
+    workers = workers or min(8, os.cpu_count() or 1)
     # the middle slice first, so a viewer can show it at once
-    work(mid)
+    work(mid, workers)
     yield LoadProgress(1, n, "decoding", preview=(mid, vol[mid].copy()) if ok[mid] else None)
     done = 1
     rest = [j for j in range(n) if j != mid]
-    workers = workers or min(8, os.cpu_count() or 1)
-    pool = decode_pool() if (len(rest) >= 4 and any(_compressed(frames[j]) for j in rest)) else None
+    pool = decode_pool() if (len(rest) >= 4 and any(_needs_process(frames[j]) for j in rest)) else None
     if pool is not None:
         chunk = max(4, len(rest) // (4 * (os.cpu_count() or 1)) or 1)
         futures = {}

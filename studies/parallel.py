@@ -1,5 +1,7 @@
-"""A persistent process pool for decoders that hold the GIL (measured: pylibjpeg-openjpeg
-decodes 2 frames no faster on 2 threads than on 1).
+"""A persistent process pool for work that holds the GIL: pydicom header parsing of large
+folders (:mod:`studies.discovery`), the pylibjpeg decoders (JPEG, JPEG-LS, RLE; measured:
+pylibjpeg-openjpeg decodes 2 frames no faster on 2 threads than on 1, which is why JPEG 2000
+now goes through imagecodecs on threads instead) and VTK surface extraction.
 
 Created lazily on first use with the ``forkserver`` start method (safe from a process that
 runs Qt threads), sized to the CPU count, and reused by every later load so its start-up cost
@@ -18,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["decode_pool", "shutdown_pool", "die_with_parent"]
+__all__ = ["decode_pool", "ready_pool", "warm_pool", "shutdown_pool", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -77,6 +79,47 @@ def decode_pool() -> ProcessPoolExecutor | None:
         return _pool
 
 
+_warmup = None
+
+
+def _noop() -> None:
+    return None
+
+
+def warm_pool() -> None:
+    """Start the shared pool's workers in the background (no-op when started or unavailable)."""
+    global _warmup
+    pool = decode_pool()
+    if pool is None:
+        return
+    with _lock:
+        if _warmup is None or _warmup.cancelled():
+            try:
+                _warmup = [pool.submit(_noop) for _ in range(pool._max_workers)][-1]
+            except RuntimeError:  # broken or shut down
+                pass
+
+
+def ready_pool() -> ProcessPoolExecutor | None:
+    """The shared pool if its workers are up (started by :func:`warm_pool` or an earlier task), else ``None``.
+
+    For work that can be done in this process when no warm pool is there (header parsing): the
+    workers' start-up (about 0.4 s, each imports pydicom and NumPy) would otherwise be waited for.
+    """
+    if (os.cpu_count() or 1) < 2 or os.environ.get("RADREVIEW_NO_PROCESS_POOL"):
+        return None
+    with _lock:
+        fut = _warmup
+        pool = _pool
+    if fut is None or pool is None:
+        return None
+    if not fut.done():
+        return None
+    if fut.cancelled() or fut.exception() is not None:  # a broken pool: work here
+        return None
+    return pool
+
+
 @atexit.register
 def shutdown_pool() -> None:
     """Stop the pool's workers (also run at interpreter exit)."""
@@ -85,3 +128,5 @@ def shutdown_pool() -> None:
         if _pool is not None:
             _pool.shutdown(wait=False, cancel_futures=True)
             _pool = None
+        global _warmup
+        _warmup = None

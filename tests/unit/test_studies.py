@@ -237,6 +237,23 @@ def test_sample_ct_jpeg2000_uses_threaded_decoder(ct_series):
         assert np.array_equal(fast, pydicom.dcmread(f.path).pixel_array)
 
 
+def test_jpeg2000_size_checked_before_decoding(ct_series, tmp_path):
+    """A codestream whose SIZ size disagrees with Rows/Columns is not handed to OpenJPEG."""
+    from radreview.studies.loader import _decode_j2k
+
+    src = sorted(ct_series.iterdir())[0]
+    ds = pydicom.dcmread(src)
+    ds.Rows = 256  # the JPEG 2000 codestream still says 512 x 512
+    (tmp_path / "lie").mkdir()
+    ds.save_as(tmp_path / "lie" / "one.dcm")
+    result = scan(tmp_path / "lie")
+    frames = [f for e in result.series for f in e.frames]
+    assert len(frames) == 1 and frames[0].rows == 256
+    assert _decode_j2k(frames[0]) is None
+    with pytest.raises(ValueError):  # pydicom refuses it; the loader then skips the slice with the reason
+        decode_frame(frames[0])
+
+
 def test_parallel_scan_matches_inline_scan(uncompressed_ct, tmp_path, monkeypatch):
     """A folder over PARALLEL_SCAN_MIN_FILES parsed on the process pool gives the same series,
     frames and skipped files (with reasons, in order) as parsing in this process."""

@@ -26,11 +26,13 @@ import SimpleITK as sitk
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
+from radreview.inference.inputs import context_stack
 from radreview.inference.package import ModelPackage
 from radreview.inference.segment import make_session, normalize
 from radreview.studies.volume import Volume
 
 from .nets import build_from_card
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["ExplanationRefused", "Explanation", "load_twin", "check_twin", "gradcam_slices", "explain_candidate", "resolve_target",
            "gradcam_views", "explain_triplanar",
@@ -39,7 +41,7 @@ __all__ = ["ExplanationRefused", "Explanation", "load_twin", "check_twin", "grad
 MAX_LOGIT_DIFF = 1e-3
 
 
-class ExplanationRefused(RuntimeError):
+class ExplanationRefused(RuntimeError, RadreviewError):
     """The explanation cannot be trusted (twin/ONNX disagreement, no target...)."""
 
 
@@ -112,8 +114,7 @@ def gradcam_slices(net, layer_name: str, x: np.ndarray, slices: list[int], masks
     boolean target regions; the score is the sum of ``class_index`` logits inside each mask.
     """
     layer = _layer(net, layer_name)
-    Z = x.shape[0]
-    inp = np.stack([x[np.clip(np.arange(k - context, k + context + 1), 0, Z - 1)] for k in slices])
+    inp = context_stack(x, slices, context)
     inp, (h, w) = _pad8(inp)
     m, _ = _pad8(masks.astype(np.float32))
     current = {}
@@ -194,7 +195,7 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     x = normalize(hu, spec["normalization"])
     ctx = int(spec.get("context_slices", 1))
     mid = x.shape[0] // 2
-    probe = np.stack([x[np.clip(np.arange(mid - ctx, mid + ctx + 1), 0, x.shape[0] - 1)]])
+    probe = context_stack(x, [mid], ctx)
     probe, _ = _pad8(probe)
     diff = check_twin(net, package, probe[:, :, :128, :128] if probe.shape[-1] >= 128 and probe.shape[-2] >= 128 else probe) \
         if verify else float("nan")
@@ -348,7 +349,7 @@ def explain_label(volume: Volume, package: ModelPackage, seg_result, label: str,
         raise ExplanationRefused(f"label {label!r} is absent from the segmentation")
     ctx = int(spec.get("context_slices", 1))
     mid = int(present[len(present) // 2])
-    probe, _ = _pad8(np.stack([x[np.clip(np.arange(mid - ctx, mid + ctx + 1), 0, x.shape[0] - 1)]]))
+    probe, _ = _pad8(context_stack(x, [mid], ctx))
     diff = check_twin(net, package, probe) if verify else float("nan")
     slices = [int(v) for v in np.unique(present[np.linspace(0, len(present) - 1, min(max_slices, len(present))).astype(int)])]
     cams = gradcam_slices(net, package.meta.get("gradcam_layer", "bottleneck"), x, slices, mask[slices], idx, ctx)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radreview.studies import open_volume, save_label_file
+from radreview.studies import open_volume
 from radreview.studies.volume import Volume
 
 from .package import (ModelPackage, PackageError, list_packages, load_package, models_dir, sha256_file,
@@ -132,7 +132,9 @@ def models_bench_pkg(pkg: ModelPackage, threads: int) -> dict:
 
 def run_infer(path: str, model_id: str, out_dir: str, precision: str = "int8", threads: int | None = None,
               notify=None) -> dict:
-    """``radreview infer``: segmentation.nii.gz on the input's exact grid + findings.json.
+    """``radreview infer``: run any registered task (:mod:`.runtime`) on a study and write its
+    outputs into ``out_dir`` (:meth:`~.runtime.InferTask.save`: ``findings.json``; a segmentation
+    also ``segmentation.nii.gz`` on the input's exact grid). Returns the findings dict.
 
     ``notify``, if given, is called with each warning about which volume was used when the
     input holds several (``Volume.warnings``, see :func:`radreview.studies.open_volume`).
@@ -140,22 +142,21 @@ def run_infer(path: str, model_id: str, out_dir: str, precision: str = "int8", t
     Raises
     ------
     PackageError
-        Wrong/unsound model or modality refused.
+        Wrong/unsound model, a task with no registered runtime, or modality refused.
+    ValueError
+        Unknown precision.
     """
-    from .segment import segment
+    from .runtime import make_task
 
     pkg = load_package(model_id, check_hashes=True)
-    if pkg.task != "segmentation":
-        raise PackageError(f"model {pkg.id} is a {pkg.task} model; infer runs segmentation models")
+    task = make_task(pkg, precision, threads, lazy_maps=True)  # refuses an unknown task before loading the study
     vol: Volume = open_volume(path)
     if notify is not None:
         for w in vol.warnings:
             if "image volumes found" in w:
                 notify(w)
-    res = segment(vol, pkg, precision, threads)
+    run = task.run(vol)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_label_file(res.labels, vol, out / "segmentation.nii.gz")
-    findings = res.findings_json()
-    (out / "findings.json").write_text(json.dumps(findings, indent=1))
-    return findings
+    task.save(run, vol, out)
+    return run.findings

@@ -22,6 +22,7 @@ import jsonschema
 
 from radreview.studies.userdirs import user_data_dir
 from radreview.studies.hashing import sha256_file  # noqa: F401 - re-exported
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["SCHEMA", "PackageError", "ModelPackage", "load_package", "list_packages", "models_dir", "sha256_file",
            "user_data_dir", "user_models_dir", "model_search_path", "write_manifest", "read_manifest",
@@ -86,10 +87,23 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
         "version": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+\\.[0-9]+$"},
-        "task": {"enum": ["segmentation", "classification"]},
+        # a task with a registered runtime (radreview.inference.runtime: "segmentation",
+        # "classification" ship); checked when the package runs, so a plug-in task loads
+        "task": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
         "modality": {"type": "array", "items": {"enum": ["CT", "MR", "PT"]}, "minItems": 1},
         "modality_mismatch": {"enum": ["refuse", "warn"]},
         "body_part": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        # which studies the model is run on by default (radreview.inference.runtime.model_fits),
+        # besides "modality": a body region the scan must show, and its minimum extent along z
+        "fit": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "body_region": {"type": "array", "items": {"enum": ["any", "head", "neck", "chest", "abdomen", "pelvis"]},
+                                "minItems": 1},
+                "min_coverage_mm": {"type": "number", "minimum": 0},
+            },
+        },
         "input": {
             "type": "object",
             "required": ["dimensionality", "channels", "spacing_mm", "patch_size", "orientation", "normalization"],
@@ -147,7 +161,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-class PackageError(ValueError):
+class PackageError(ValueError, RadreviewError):
     """A model package is refused (schema, hash, missing file, wrong input); the message says why."""
 
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from radreview.studies.volume import Volume
 
+from .inputs import context_stack
 from .segment import normalize, to_model_grid
 
 __all__ = ["calibration_patches", "quantize_static_int8", "edge_convs"]
@@ -34,8 +35,7 @@ def calibration_patches(volumes: Iterable[Volume], spec: dict, per_volume: int =
         for _ in range(per_volume):
             k = int(rng.integers(0, z))
             y0, x0 = int(rng.integers(0, y - ph + 1)), int(rng.integers(0, w - pw + 1))
-            idx = np.clip(np.arange(k - ctx, k + ctx + 1), 0, z - 1)
-            out.append(x[idx, y0 : y0 + ph, x0 : x0 + pw])
+            out.append(context_stack(x, k, ctx, (y0, x0, ph, pw)))
     return np.stack(out).astype(np.float32)
 
 

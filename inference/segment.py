@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from radreview.studies.jobs import drain
 from radreview.studies.volume import Volume
 
+from .inputs import context_stack
 from .package import ModelPackage, PackageError
 
 __all__ = ["open_runtime", "SegProgress", "LabelStats", "SegmentationResult", "iter_segment", "segment", "gaussian_importance",
@@ -260,8 +261,7 @@ def sliding_window(x: np.ndarray, session, spec: dict, n_cls: int, temperature: 
         part = tiles[b0 : b0 + batch]
         inp_arr = np.empty((len(part), channels, ph, pw), dtype=np.float32)
         for n, (k, y0, x0) in enumerate(part):
-            idx = np.clip(np.arange(k - ctx, k + ctx + 1), 0, Z - 1)
-            inp_arr[n] = x[idx, y0 : y0 + ph, x0 : x0 + pw]
+            inp_arr[n] = context_stack(x, k, ctx, (y0, x0, ph, pw))
         logits = session.run(None, {name: inp_arr})[0]
         if temperature != 1.0:
             logits /= temperature

@@ -35,7 +35,7 @@ from radreview.inference.classify import (NODULE_TYPES, axial_diameters, classif
 from radreview.inference.lungs import closed_lung_mask
 from radreview.inference.package import load_package, sha256_file
 from radreview.inference.quantize import edge_convs, quantize_static_int8
-from radreview.inference.segment import make_session, normalize, to_model_grid
+from radreview.inference.segment import make_session, to_model_grid
 from radreview.studies import Volume, open_volume
 from training.nodule_data import CAL_BGS, DATA, TEST_BGS, Case, background, make_case, match, nodules, tumour_boxes
 from training.train_nodule import NORM, OFFSETS, PATCH, SPACING, augment_views
@@ -159,6 +159,7 @@ def card(T: float, metrics: dict, cparams: dict, out: Path | None = None) -> dic
         "id": "ct-nodule-2p5d", "version": VERSION, "task": "classification",
         "question": "Does this chest CT contain a solid (or part-solid) pulmonary nodule of at least 6 mm (Lung-RADS size threshold)?",
         "modality": ["CT"], "modality_mismatch": "refuse", "body_part": ["CHEST"],
+        "fit": {"body_region": ["chest"], "min_coverage_mm": 30.0},  # about a 32 mm view cube
         "input": {"dimensionality": "2.5D", "channels": 3 * len(OFFSETS), "spacing_mm": list(SPACING), "patch_size": [PATCH, PATCH],
                   "plane_offsets_mm": list(OFFSETS), "views": ["axial", "coronal", "sagittal"], "orientation": "LPS",
                   "normalization": NORM},

@@ -77,6 +77,7 @@ def card(pkg_dir: Path, metrics: dict, deltas: dict) -> dict:
         "modality": ["CT"],
         "modality_mismatch": "refuse",
         "body_part": ["CHEST", "ABDOMEN", "HEAD"],
+        "fit": {"body_region": ["any"], "min_coverage_mm": 0.0},  # the 2.5-D context clamps: one slice runs
         "input": {"dimensionality": "2.5D", "channels": 2 * CTX + 1, "context_slices": CTX, "spacing_mm": list(SPACING),
                   "patch_size": [128, 128], "overlap": 0.25, "orientation": "LPS", "normalization": NORM},
         "outputs": {"labels": labels, "activation": "softmax", "largest_component": ["liver", "spleen"]},

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from radreview.explain.nets import UNet2p5D
+from radreview.inference.inputs import context_stack
 from training.common import fit_and_save
 from training.seg_data import CLASSES, IGNORE, to_grid, volumes
 
@@ -57,10 +58,9 @@ def sample(data, rng, patch, batch, zoom=(0.8, 1.25)):
             k, cy, cx = rng.integers(z), rng.integers(h), rng.integers(w)
         y0 = int(np.clip(cy - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0, max(h - patch, 0)))
         x0 = int(np.clip(cx - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0, max(w - patch, 0)))
-        idx = np.clip(np.arange(k - CTX, k + CTX + 1), 0, z - 1)
         xp = np.full((2 * CTX + 1, patch, patch), x.min(), np.float32)
         yp = np.zeros((patch, patch), np.int64)
-        sub = x[idx, y0 : y0 + patch, x0 : x0 + patch]
+        sub = context_stack(x, int(k), CTX, (y0, x0, patch, patch))
         xp[:, : sub.shape[1], : sub.shape[2]] = sub
         ls = lab[k, y0 : y0 + patch, x0 : x0 + patch]
         yp[: ls.shape[0], : ls.shape[1]] = ls

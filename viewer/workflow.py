@@ -3,12 +3,15 @@ turn their outputs into findings, open the review session. No Qt, no VTK (import
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from radreview.inference.classify import ClassificationResult
 from radreview.inference.package import ModelPackage, PackageError, load_package
+from radreview.inference.runtime import InferTask, Precision, Task, TaskRun, make_task, models_for_study
 from radreview.inference.segment import SegmentationResult
 from radreview.review.findings import (
     Finding, ReviewSession, finding_from_dict, findings_from_classification, findings_from_segmentation, study_key_info,
@@ -33,6 +36,8 @@ class AIRun:
     packages: dict[str, ModelPackage] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     coverage: ScanCoverage | None = None
+    #: every model's :class:`~radreview.inference.runtime.TaskRun` (any task, shipped or registered later)
+    runs: dict[str, TaskRun] = field(default_factory=dict)
 
     def package_hashes(self) -> dict[str, tuple[str, str]]:
         """``{model_id: (version, package_sha256)}`` of the packages that ran."""
@@ -53,24 +58,46 @@ def coverage_of(volume: Volume) -> ScanCoverage | None:
 
 
 def default_models(volume: Volume) -> list[str]:
-    """The shipped models that fit a study: the organ model for CT, plus the nodule model when
-    the study holds a chest (HU rule: at least 300 mL of aerated lung; bowel gas and lung bases
-    in an abdominal scan stay below that)."""
-    if volume.info.modality != "CT":
+    """Ids of the installed models that fit a study, from each card's ``modality`` and ``fit``
+    block (body region, minimum z coverage: :func:`radreview.inference.runtime.models_for_study`).
+    For the shipped cards: the organ model for any CT, plus the nodule model when the scan
+    shows the chest (at least 300 mL of aerated lung)."""
+    return [p.id for p in models_for_study(volume)]
+
+
+def _seg_findings(run: AIRun, volume: Volume, res, pkg: ModelPackage, overrides: dict) -> list[Finding]:
+    run.segmentations[pkg.id] = res
+    if run.coverage is None:
+        run.coverage = coverage_of(volume)
+    return findings_from_segmentation(res, pkg, overrides, run.coverage)
+
+
+def _cls_findings(run: AIRun, volume: Volume, res, pkg: ModelPackage, overrides: dict) -> list[Finding]:
+    run.classifications[pkg.id] = res
+    return findings_from_classification(res, pkg, overrides)
+
+
+#: Review findings of the shipped tasks (their rules live in radreview.review.findings). A task
+#: registered elsewhere supplies its own: ``InferTask.review_findings(result, overrides, coverage)``
+#: returning :class:`~radreview.review.findings.Finding` objects, if it defines one.
+_REVIEW_FINDINGS: dict[str, Callable[..., list[Finding]]] = {Task.SEGMENTATION: _seg_findings,
+                                                              Task.CLASSIFICATION: _cls_findings}
+
+
+def _review_findings(run: AIRun, volume: Volume, task: InferTask, res: Any, overrides: dict) -> list[Finding]:
+    fn = _REVIEW_FINDINGS.get(str(task.task))
+    if fn is not None:
+        return fn(run, volume, res, task.package, overrides)
+    hook = getattr(task, "review_findings", None)
+    if hook is None:
         return []
-    import numpy as np
-
-    from radreview.inference.lungs import lung_mask
-
-    step = max(1, int(round(max(volume.size[:2]) / 128)))
-    sub = volume.array[:, ::step, ::step]
-    sp = (volume.spacing[0] * step, volume.spacing[1] * step, volume.spacing[2])
-    lungs_ml = lung_mask(sub, sp).sum() * float(np.prod(sp)) / 1000
-    return ["ct-organs-2p5d"] + (["ct-nodule-2p5d"] if lungs_ml >= 300 else [])
+    if run.coverage is None:
+        run.coverage = coverage_of(volume)
+    return list(hook(res, overrides, run.coverage))
 
 
 def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dict[str, dict[str, float]] | None = None,
-                    precision: str = "int8", threads: int | None = None):
+                    precision: str = Precision.INT8, threads: int | None = None):
     """Generator form of :func:`run_models`: yields ``(model_id, SegProgress)``, returns an :class:`AIRun`.
 
     ``model_ids=None`` runs :func:`default_models` (its lung measurement happens here, on the
@@ -79,9 +106,6 @@ def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dic
     A package refused for this study (modality, hash, shape...) is recorded in ``AIRun.refused``,
     not raised. ``thresholds`` maps model id to logged threshold overrides.
     """
-    from radreview.inference.classify import iter_classify
-    from radreview.inference.segment import iter_segment
-
     run = AIRun()
     if model_ids is None:
         model_ids = default_models(volume)
@@ -89,21 +113,16 @@ def iter_run_models(volume: Volume, model_ids: list[str] | None, thresholds: dic
         try:
             pkg = load_package(mid, check_hashes=True)
             overrides = (thresholds or {}).get(pkg.id, {})
-            gen = (iter_segment if pkg.task == "segmentation" else iter_classify)(volume, pkg, precision, threads)
+            task = make_task(pkg, precision, threads)
+            gen = task.iter_run(volume)
             while True:
                 try:
                     yield mid, next(gen)
                 except StopIteration as stop:
-                    res = stop.value
+                    out = stop.value
                     break
-            if pkg.task == "segmentation":
-                run.segmentations[pkg.id] = res
-                if run.coverage is None:
-                    run.coverage = coverage_of(volume)
-                run.findings += findings_from_segmentation(res, pkg, overrides, run.coverage)
-            else:
-                run.classifications[pkg.id] = res
-                run.findings += findings_from_classification(res, pkg, overrides)
+            run.runs[pkg.id] = out
+            run.findings += _review_findings(run, volume, task, out.result, overrides)
             run.packages[pkg.id] = pkg
         except PackageError as exc:
             run.refused[mid] = str(exc)
@@ -156,6 +175,8 @@ def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: s
         elif mid in run.classifications:
             save_run(store, session.key, mid, version, sha, None,
                      {"task": "classification", **run.classifications[mid].as_dict()}, actor)
+        elif mid in run.runs:  # a registered task: its findings dict, no arrays
+            save_run(store, session.key, mid, version, sha, None, {"task": str(pkg.task), **run.runs[mid].findings}, actor)
 
 
 def restore_last_run(store: ReviewStore, volume: Volume) -> tuple[list[Finding], dict[str, SavedRun]]:

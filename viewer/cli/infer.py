@@ -26,7 +26,7 @@ def _infer(args) -> int:
 
 
 def add_subparser(sub) -> None:
-    inf = sub.add_parser("infer", help="run a segmentation model; write segmentation.nii.gz + findings.json")
+    inf = sub.add_parser("infer", help="run a model (any registered task); write findings.json (+ segmentation.nii.gz for segmentation)")
     inf.add_argument("path")
     inf.add_argument("--model", required=True)
     inf.add_argument("--out", required=True)

@@ -18,7 +18,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.data import SHARED

@@ -196,6 +196,7 @@ def mask_metrics(test: np.ndarray, reference: np.ndarray, spacing_zyx, cropped: 
         out["empty"] = "test" if nt == 0 else "reference"
         return out
     sd = mask_surface_distances(t, r, spacing_zyx, cropped=cropped)
+    assert sd is not None  # both masks are non-empty here (checked above)
     d = sd.all
     out["hd95_mm"] = float(np.percentile(d, 95))
     out["hd_mm"] = float(d.max())
@@ -253,7 +254,8 @@ def lesion_counts(test: np.ndarray, reference: np.ndarray, min_dice: float = LES
 
 # ------------------------------------------------ compatibility API (spacing in x, y, z)
 def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Dice of two boolean masks of equal shape; ``None`` when both are empty."""
+    """Dice coefficient ``2|A∩B| / (|A|+|B|)`` (Dice 1945) of two masks of equal shape (any
+    axis order; cast to bool), in 0..1; ``None`` when both are empty."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     s = int(a.sum()) + int(b.sum())
     if s == 0:
@@ -273,12 +275,22 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray | Non
 
 
 def hd95(a, b, spacing) -> float | None:
-    """95th-percentile symmetric Hausdorff distance (mm), ``spacing`` ``(sx, sy, sz)``; ``None`` if a mask is empty."""
+    """95th-percentile symmetric Hausdorff distance (mm) of boolean ``(z, y, x)`` masks.
+
+    ``spacing`` is ``(sx, sy, sz)`` mm. The 95th percentile of the union of both directed
+    surface-distance sets (module doc; MONAI ``compute_hausdorff_distance(percentile=95)``);
+    ``None`` if a mask is empty.
+    """
     d = surface_distances(a, b, spacing)
     return None if d is None else float(np.percentile(d, 95))
 
 
 def assd(a, b, spacing) -> float | None:
-    """Average symmetric surface distance (mm), ``spacing`` ``(sx, sy, sz)``; ``None`` if a mask is empty."""
+    """Average symmetric surface distance (mm) of boolean ``(z, y, x)`` masks.
+
+    ``spacing`` is ``(sx, sy, sz)`` mm. The mean of the union of both directed surface-distance
+    sets (module doc; MONAI ``compute_average_surface_distance(symmetric=True)``); ``None`` if a
+    mask is empty.
+    """
     d = surface_distances(a, b, spacing)
     return None if d is None else float(d.mean())

@@ -8,6 +8,8 @@ export RADREVIEW_DATA_MIRROR="${RADREVIEW_DATA_MIRROR:-$(cd .. && pwd)/shared/da
 export PYTHONDONTWRITEBYTECODE=1
 echo "== import-linter (one-way rule: viewer -> review, explain, inference -> studies)"
 .venv/bin/lint-imports
+echo "== static checks (mypy on studies/inference/review/explain, ruff on the tree)"
+bash scripts/typecheck.sh
 echo "== wheel check (build the wheel, fresh venv, headless commands + one snapshot from it)"
 if [ -n "${RADREVIEW_SKIP_WHEEL_CHECK:-}" ]; then
   echo "wheel check SKIPPED (RADREVIEW_SKIP_WHEEL_CHECK is set)"

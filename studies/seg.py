@@ -24,6 +24,7 @@ import numpy as np
 
 from .labels import LabelImportError, ReferenceLabels, load_reference, series_files
 from .volume import Volume
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["export_seg", "import_seg", "seg_geometry_volume", "model_card_codes", "SegExportError", "TRACKING_PREFIX"]
 
@@ -33,7 +34,7 @@ TRACKING_PREFIX = "radreview label value "
 _TISSUE = ("SCT", "85756007", "Tissue")
 
 
-class SegExportError(ValueError):
+class SegExportError(ValueError, RadreviewError):
     """The label map cannot be written as a SEG of that series; the message says why."""
 
 
@@ -233,7 +234,7 @@ def seg_geometry_volume(path: str | os.PathLike) -> Volume:
         raise LabelImportError(f"{path}: not a readable DICOM SEG with a regular 3-D grid ({exc})") from None
     aff = np.asarray(hv.affine, float)
     cols = [aff[:3, 2], aff[:3, 1], aff[:3, 0]]
-    spacing = [float(np.linalg.norm(c)) for c in cols]
+    spacing = (float(np.linalg.norm(cols[0])), float(np.linalg.norm(cols[1])), float(np.linalg.norm(cols[2])))
     direction = np.column_stack([c / s for c, s in zip(cols, spacing)])
     origin = aff[:3, 3].copy()
     nz = hv.array.shape[0]

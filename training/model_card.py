@@ -171,7 +171,7 @@ def render(model_id: str, notes: str = "") -> str:
               f"INT8 {_fmt(lat.get('int8'), 4)} s ({lat.get('speedup', 'n/a')}x). End to end on the held-out series: "
               f"FP32 {met['end_to_end_seconds']['fp32']} s, INT8 {met['end_to_end_seconds']['int8']} s.", "",
               "## Review policy and calibration", "",
-              f"Confidence thresholds (mean max-softmax probability inside the predicted region): "
+              "Confidence thresholds (mean max-softmax probability inside the predicted region): "
               + ", ".join(f"{k} {v}" for k, v in m["review_policy"]["confidence_threshold"].items())
               + f". Temperature {m['calibration']['temperature']} ({m['calibration'].get('note', '')}).", "",
               "## Limitations", ""]

@@ -28,7 +28,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from radreview.inference.lungs import closed_lung_mask
 from radreview.studies import Volume, load_image_file, open_volume, scan

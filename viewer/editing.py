@@ -227,7 +227,8 @@ class LabelEditor:
             raise ValueError(f"brush mode must be 'disc2d' or 'sphere3d', got {mode!r}")
         c = np.asarray(center, dtype=float)
         shape = self.labels.shape
-        lo, hi, grids = [], [], []
+        lo: list[int] = []
+        hi: list[int] = []
         for a in range(3):
             if mode == "disc2d" and a == axis:
                 k = int(np.clip(np.rint(c[a]), 0, shape[a] - 1))

@@ -96,7 +96,7 @@ def test_demo_has_real_truth_and_run_ai_stored_every_case(demo):
     assert len(truth) == 4 and sum(truth.values()) == 2
     assert len(lesions) == 2 and {les[0] for les in lesions} == {c for c, v in truth.items() if v}
     assert set(demo["ai"]) == set(truth)
-    for cid, res in demo["ai"].items():
+    for res in demo["ai"].values():
         a = res[MODEL]
         assert 0.0 <= a["probability"] <= 1.0 and a["threshold"] == 0.5 and a["positive"] == (a["probability"] >= 0.5)
     r = cli("audit", "verify", "--db", demo["db"])

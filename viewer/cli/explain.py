@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from . import CliError
 
 
 def _explain(args) -> int:
     from radreview.inference.package import PackageError, load_package
-    from radreview.studies import LoadError, open_volume, save_label_file
+    from radreview.studies import LoadError, open_volume
 
     if not os.path.exists(args.path):
         raise CliError(f"{args.path}: no such file or folder")

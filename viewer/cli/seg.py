@@ -31,7 +31,7 @@ def _export(args) -> int:
 def _import(args) -> int:
     import numpy as np
 
-    from radreview.studies import LoadError, Volume, open_volume, save_label_file
+    from radreview.studies import LoadError, open_volume, save_label_file
     from radreview.studies.labels import LabelImportError
     from radreview.studies.seg import seg_geometry_volume
 

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from .compare import LabelComparison, compare_labels, disagreement_map, label_boxes, match_labels
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["run_compare", "write_report", "key_image", "CompareError"]
 
 
-class CompareError(ValueError):
+class CompareError(ValueError, RadreviewError):
     """A comparison that cannot be made (no label in common...); the message says why."""
 
 
@@ -85,7 +86,12 @@ def _fmt(v, nd=3) -> str:
 
 def write_report(folder: Path, volume, test: np.ndarray, reference: np.ndarray, rows: list[LabelComparison],
                  meta: dict) -> Path:
-    """``folder/report.html``: the metrics table and one key image per label (PNG beside it)."""
+    """Write ``folder/report.html``: the metrics table and one key image per label (PNG beside it).
+
+    ``test`` and ``reference`` are integer label maps ``(z, y, x)`` on ``volume``'s grid; ``rows``
+    the :func:`~radreview.review.compare.compare_labels` results (distances in mm, volumes in
+    mL); ``meta`` the file names and timing shown in the header. Returns the HTML path.
+    """
     from .compare import _as_tuple, _mask
 
     cols = [("dice", "Dice", 3), ("jaccard", "Jaccard", 3), ("hd95_mm", "HD95 mm", 1), ("hd_mm", "HD mm", 1),

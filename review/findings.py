@@ -16,6 +16,30 @@ classification and each listed candidate region. Its :attr:`Finding.status` is o
 :class:`ReviewSession` records decisions and signs a study off. Sign-off is refused while a
 Needs review or AI positive finding has no decision; it closes the study (later decisions are
 addenda with a reason and need a new sign-off); a second sign-off with nothing changed is refused.
+
+Vocabulary (``str`` enums, so JSON and the store keep plain strings): :class:`FindingStatus`
+(the four states above), :class:`~radreview.review.vocabulary.FindingKind` (``segmentation``,
+``classification``, ``candidate``) and :class:`~radreview.review.vocabulary.Decision`
+(``accept``, ``reject``, ``edit``).
+
+**Confidence and probability mean two different things, everywhere in radreview:**
+
+* **probability** — the calibrated probability that the answer to the model card's question is
+  *yes* (classification and candidates only; ``ct-nodule-2p5d``: a solid nodule >= 6 mm, the
+  temperature-scaled, size-gated score of :mod:`radreview.inference.classify`). Compared with
+  the *operating threshold* (the card's ``review_policy.decision_threshold``, default 0.5) it
+  gives the answer: positive at or above, negative below.
+* **confidence** — how sure the model is of the answer it gives, *whatever that answer is*,
+  0..1: for a classification ``max(p, 1 - p)`` of that probability (p 0.03 is a confident
+  *no*, confidence 0.97); for a segmented label the mean max-softmax probability over the
+  label's voxels. Compared with the *review threshold* (the card's
+  ``review_policy.confidence_threshold``, or a logged override) it decides whether a human must
+  look: below it the finding is Needs review. Confidence never says which answer; probability
+  never says how sure.
+
+The runtime's per-candidate nodule score (``Candidate.confidence`` in
+:mod:`radreview.inference.classify`) is a *probability* in this sense; it is kept as
+``details["nodule_probability"]`` so that ``confidence`` keeps its one meaning here.
 """
 
 from __future__ import annotations
@@ -28,9 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from .store import DECISIONS, ReviewStore, StudyLocked
+from .store import ReviewStore, StudyLocked
+from .vocabulary import DECISIONS, Decision, FindingKind
+from radreview.studies.errors import RadreviewError
 
-__all__ = ["FindingStatus", "finding_from_dict", "Finding", "SignOffRefused", "StudyLocked", "PackageChanged",
+__all__ = ["FindingStatus", "FindingKind", "Decision", "finding_from_dict", "Finding", "SignOffRefused", "StudyLocked", "PackageChanged",
            "ReviewSession", "findings_from_segmentation", "findings_from_classification", "study_key",
            "study_key_info", "StudyKey", "DEFAULT_OPERATING_THRESHOLD"]
 
@@ -88,7 +114,7 @@ class Finding:
 
     id: str
     model_id: str
-    kind: str  # "segmentation" | "classification" | "candidate"
+    kind: FindingKind  # a plain string is converted ("segmentation" | "classification" | "candidate")
     name: str
     confidence: float | None
     threshold: float | None
@@ -98,8 +124,9 @@ class Finding:
     not_assessed: str | None = None
 
     def __post_init__(self) -> None:
+        self.kind = FindingKind(self.kind)  # ValueError for an unknown kind
         # older callers put a classification's probability in details: read it from there
-        if self.probability is None and self.kind != "segmentation" and "probability" in self.details:
+        if self.probability is None and self.kind is not FindingKind.SEGMENTATION and "probability" in self.details:
             self.probability = self.details["probability"]
 
     # ------------------------------------------------------------------ the gate
@@ -112,7 +139,7 @@ class Finding:
             return FindingStatus.NEEDS_REVIEW
         if float(self.confidence) < float(self.threshold):
             return FindingStatus.NEEDS_REVIEW
-        if self.kind == "segmentation":
+        if self.kind is FindingKind.SEGMENTATION:
             return FindingStatus.AI_POSITIVE  # the organ is present and segmented: confirm it
         op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else float(self.operating_threshold)
         return FindingStatus.AI_POSITIVE if float(self.probability) >= op else FindingStatus.AI_NEGATIVE
@@ -120,7 +147,7 @@ class Finding:
     @property
     def problem(self) -> str | None:
         """Why the result itself is unusable (then the finding is Needs review), else ``None``."""
-        if self.kind == "segmentation" and self.details.get("voxels") == 0:
+        if self.kind is FindingKind.SEGMENTATION and self.details.get("voxels") == 0:
             return f"empty result: no {self.name} voxels segmented"
         if self.confidence is None:
             return "no confidence reported"
@@ -128,7 +155,7 @@ class Finding:
             return f"confidence is not a finite number ({self.confidence})"
         if self.threshold is None or not _finite(self.threshold):
             return "no review threshold for it in the model card"
-        if self.kind != "segmentation":
+        if self.kind is not FindingKind.SEGMENTATION:
             if self.probability is None or not _finite(self.probability):
                 return f"probability is not a finite number ({self.probability})"
         return None
@@ -143,7 +170,7 @@ class Finding:
             return self.problem
         if st is FindingStatus.NEEDS_REVIEW:
             return f"confidence {self.confidence:.3f} < threshold {self.threshold:.2f}"
-        if self.kind == "segmentation":
+        if self.kind is FindingKind.SEGMENTATION:
             return f"segmented with confidence {self.confidence:.3f} >= {self.threshold:.2f}: confirm or reject"
         op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else self.operating_threshold
         rel = ">=" if st is FindingStatus.AI_POSITIVE else "<"
@@ -165,13 +192,13 @@ class Finding:
         st = self.status
         if st is FindingStatus.NOT_ASSESSED:
             return f"{self.name}: not assessed ({self.not_assessed})"
-        if self.kind == "segmentation":
+        if self.kind is FindingKind.SEGMENTATION:
             if self.details.get("voxels") == 0:
                 return f"{self.name}: not found"
             vol = self.details.get("volume_ml")
             return f"{self.name}: segmented" + (f", {vol:g} mL" if vol is not None else "")
         label = self.details.get("answer_label") or self.details.get("question") or self.name
-        if self.kind == "candidate":
+        if self.kind is FindingKind.CANDIDATE:
             label = f"{self.name}" + (f" ({self.details['size_mm']:g} mm)" if self.details.get("size_mm") is not None else "")
         if self.probability is None or not _finite(self.probability):
             return f"{label}: no answer (probability {self.probability})"
@@ -183,11 +210,11 @@ class Finding:
     def as_dict(self) -> dict:
         """JSON-ready: the core fields, ``status`` (a :class:`FindingStatus` value), ``reason``,
         ``answer``, ``needs_review`` (kept for older readers) and the details flattened in."""
-        d = {"id": self.id, "model": self.model_id, "kind": self.kind, "name": self.name,
+        d = {"id": self.id, "model": self.model_id, "kind": self.kind.value, "name": self.name,
              "confidence": None if self.confidence is None or not _finite(self.confidence) else float(self.confidence),
              "threshold": self.threshold, "status": self.status.value, "reason": self.reason, "answer": self.answer,
              "needs_review": self.needs_review}
-        if self.kind != "segmentation" or self.probability is not None:
+        if self.kind is not FindingKind.SEGMENTATION or self.probability is not None:
             d["probability"] = None if self.probability is None or not _finite(self.probability) else float(self.probability)
             d["operating_threshold"] = self.operating_threshold
         if self.not_assessed:
@@ -211,7 +238,7 @@ def finding_from_dict(d: dict) -> Finding:
                    operating_threshold=d.get("operating_threshold"), not_assessed=d.get("not_assessed"))
 
 
-class SignOffRefused(RuntimeError):
+class SignOffRefused(RuntimeError, RadreviewError):
     """Sign-off refused: ``pending`` lists the findings that still need a decision (may be empty
     when the refusal has another reason, e.g. nothing changed since the last sign-off)."""
 
@@ -223,7 +250,7 @@ class SignOffRefused(RuntimeError):
         super().__init__(message)
 
 
-class PackageChanged(RuntimeError):
+class PackageChanged(RuntimeError, RadreviewError):
     """The installed model package differs from the one this study was reviewed under."""
 
 
@@ -341,7 +368,7 @@ def findings_from_segmentation(result, package, overrides: dict[str, float] | No
             continue
         why = implausible(s.name, s.index, s.voxels, s.volume_ml, cards.get(s.name, {}), result.labels, coverage)
         out.append(Finding(
-            id=f"{package.id}:{s.name}", model_id=package.id, kind="segmentation", name=s.name,
+            id=f"{package.id}:{s.name}", model_id=package.id, kind=FindingKind.SEGMENTATION, name=s.name,
             confidence=None if s.confidence is None else float(s.confidence),
             threshold=_threshold(policy, overrides, s.name),
             details={"volume_ml": round(float(s.volume_ml), 2), "voxels": int(s.voxels),
@@ -375,7 +402,7 @@ def findings_from_classification(result, package, overrides: dict[str, float] | 
     op = float(rp.get("decision_threshold", DEFAULT_OPERATING_THRESHOLD))
     overrides = overrides or {}
     p_study = float(result.study_probability)
-    study = Finding(id=f"{package.id}:study", model_id=package.id, kind="classification", name="study",
+    study = Finding(id=f"{package.id}:study", model_id=package.id, kind=FindingKind.CLASSIFICATION, name="study",
                     confidence=max(p_study, 1 - p_study) if math.isfinite(p_study) else p_study,
                     threshold=_threshold(policy, overrides, "study"),
                     details={"question": package.meta.get("question", ""), "answer_label": rp.get("answer_label", ""),
@@ -389,7 +416,7 @@ def findings_from_classification(result, package, overrides: dict[str, float] | 
     study.details["candidates_listed"] = len(shown)
     for c in shown:
         p = float(c.probability)
-        out.append(Finding(id=f"{package.id}:candidate-{c.rank}", model_id=package.id, kind="candidate",
+        out.append(Finding(id=f"{package.id}:candidate-{c.rank}", model_id=package.id, kind=FindingKind.CANDIDATE,
                            name=f"candidate-{c.rank}", confidence=max(p, 1 - p) if math.isfinite(p) else p,
                            threshold=_threshold(policy, overrides, "candidate"),
                            details={"center_lps": [round(float(v), 2) for v in c.center_lps],
@@ -471,7 +498,7 @@ class ReviewSession:
         raise KeyError(f"{'ambiguous' if hits else 'unknown'} finding {name!r}; findings: {', '.join(self.findings)}")
 
     # ------------------------------------------------------------------ actions
-    def decide(self, name: str, decision: str, reviewer: str, reason: str | None = None, addendum: bool = False) -> str:
+    def decide(self, name: str, decision: Decision | str, reviewer: str, reason: str | None = None, addendum: bool = False) -> str:
         """Record a decision; returns its timestamp once it is durably saved.
 
         Raises
@@ -514,12 +541,13 @@ class ReviewSession:
                 raise StudyLocked("study is signed off: decisions are read-only; record a change as an addendum with a reason")
             if not (reason or "").strip():
                 raise ValueError("an addendum to a signed-off study needs a reason")
-        self.store.record_decisions(self.key, ids, "accept", reviewer, reason or "confirm all AI positives",
+        self.store.record_decisions(self.key, ids, Decision.ACCEPT, reviewer, reason or "confirm all AI positives",
                                     action="confirm-all-positives", addendum=bool(addendum and self.locked))
         return ids
 
-    def sign_off(self, reviewer: str) -> str:
-        """Sign the study off.
+    def sign_off(self, reviewer: str, measurements: list[dict] | None = None) -> str:
+        """Sign the study off; the audit row holds every finding with its decision and, when
+        given, the study's ``measurements`` (dicts of :mod:`radreview.review.measurements`).
 
         Raises
         ------
@@ -540,13 +568,13 @@ class ReviewSession:
                                      "and nothing changed since (record an addendum first)")
         decisions = self.decisions
         summary = [{**f.as_dict(), "decision": decisions.get(f.id, {}).get("decision")} for f in self.findings.values()]
-        return self.store.record_signoff(self.key, reviewer, summary, addendum=bool(so))
+        return self.store.record_signoff(self.key, reviewer, summary, addendum=bool(so), measurements=measurements)
 
     def set_threshold(self, model_id: str, label: str, value: float, reviewer: str, reason: str | None = None) -> None:
         """Logged threshold change; re-flags the findings it applies to."""
         self.store.set_threshold(model_id, label, value, reviewer, reason)
         for f in self.findings.values():
-            if f.model_id == model_id and (f.name == label or (label == "candidate" and f.kind == "candidate")):
+            if f.model_id == model_id and (f.name == label or (label == "candidate" and f.kind is FindingKind.CANDIDATE)):
                 f.threshold = float(value)
 
     def check_packages(self, packages: dict[str, tuple[str, str]], actor: str = "radreview") -> None:

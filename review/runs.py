@@ -19,11 +19,12 @@ import numpy as np
 
 from .store import ReviewStore, _now
 from radreview.studies.hashing import sha256_file
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["SavedRun", "RunChanged", "save_run", "load_last_run", "runs_dir"]
 
 
-class RunChanged(ValueError):
+class RunChanged(ValueError, RadreviewError):
     """A saved run file is missing or fails its SHA-256; the message names the file."""
 
 

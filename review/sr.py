@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["study_findings", "read_series", "build_sr", "export_sr", "export_accepted_seg", "export_parametric_map",
            "DECISION_CODES", "SRExportError"]
@@ -35,7 +36,7 @@ MANUFACTURER = "radreview"
 SOFTWARE_VERSION = "0.1.0"
 
 
-class SRExportError(ValueError):
+class SRExportError(ValueError, RadreviewError):
     """The SR/SEG/Parametric Map cannot be written; the message names the input and the problem."""
 
 

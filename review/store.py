@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ReviewStore", "StoreCorrupt", "StoreTampered", "StoreLocked", "StoreMissing", "StudyLocked", "AuditReport",
-           "default_db_path", "GENESIS"]
+           "default_db_path", "GENESIS", "Decision", "DECISIONS"]
 
 # the hash chain is shared with the reading-session store (review/audit_chain.py)
 from .audit_chain import GENESIS, verify_chain, row_hash as _row_hash  # noqa: E402
-DECISIONS = ("accept", "reject", "edit")
+from radreview.studies.errors import RadreviewError
+from .vocabulary import DECISIONS, Decision  # noqa: E402 - the typed vocabulary (str enums)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), 
 """
 
 
-class StoreCorrupt(RuntimeError):
+class StoreCorrupt(RuntimeError, RadreviewError):
     """The review database is damaged or not a database; the message names the file."""
 
 
@@ -83,16 +84,16 @@ class StoreTampered(StoreCorrupt):
                          + ") — it was left untouched; run 'radreview audit verify' for the full list")
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(RuntimeError, RadreviewError):
     """Another process holds the review database's write lock; the message gives the advice."""
 
 
-class StudyLocked(RuntimeError):
+class StudyLocked(RuntimeError, RadreviewError):
     """A decision on a signed-off study that is not an addendum with a reason (the store refuses
     it too, so no caller can bypass the sign-off lock)."""
 
 
-class StoreMissing(FileNotFoundError):
+class StoreMissing(FileNotFoundError, RadreviewError):
     """An explicitly named review database does not exist (and ``create`` was not asked for)."""
 
 
@@ -234,7 +235,7 @@ class ReviewStore:
             raise ValueError("a decision needs a reviewer name")
         self._check_unlocked(study_key, addendum, reason)
 
-    def record_decision(self, study_key: str, finding_id: str, decision: str, reviewer: str, reason: str | None = None,
+    def record_decision(self, study_key: str, finding_id: str, decision: Decision | str, reviewer: str, reason: str | None = None,
                         addendum: bool = False) -> str:
         """Persist a decision (accept/reject/edit); returns its timestamp once durably committed.
 
@@ -244,6 +245,7 @@ class ReviewStore:
             Unknown decision or empty reviewer name.
         """
         self._check_decision(study_key, decision, reviewer, addendum, reason)
+        decision = Decision(decision).value
         ts = _now()
         payload = {"study": study_key, "finding": finding_id, "decision": decision, "reason": reason or ""}
         if addendum:
@@ -253,7 +255,7 @@ class ReviewStore:
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (study_key, finding_id, decision, reviewer, reason, ts, int(bool(addendum))), ts)
 
-    def record_decisions(self, study_key: str, finding_ids: list[str], decision: str, reviewer: str, reason: str,
+    def record_decisions(self, study_key: str, finding_ids: list[str], decision: Decision | str, reviewer: str, reason: str,
                          action: str = "confirm-all-positives", addendum: bool = False) -> str:
         """The same decision on several findings as ONE audit row ``action`` in one transaction
         (e.g. "Confirm all AI positives"); returns the timestamp.
@@ -264,6 +266,7 @@ class ReviewStore:
             Unknown decision or empty reviewer name.
         """
         self._check_decision(study_key, decision, reviewer, addendum, reason)
+        decision = Decision(decision).value
         ts = _now()
         payload = {"study": study_key, "findings": list(finding_ids), "decision": decision, "reason": reason or ""}
         if addendum:
@@ -283,10 +286,14 @@ class ReviewStore:
         if not (reason or "").strip():
             raise ValueError("an addendum to a signed-off study needs a reason")
 
-    def record_signoff(self, study_key: str, reviewer: str, findings: list[dict], addendum: bool = False) -> str:
-        """Persist a sign-off with the findings and decisions it covers (``addendum``: a re-sign-off)."""
+    def record_signoff(self, study_key: str, reviewer: str, findings: list[dict], addendum: bool = False,
+                       measurements: list[dict] | None = None) -> str:
+        """Persist a sign-off with the findings and decisions it covers (``addendum``: a re-sign-off)
+        and, when given, the study's measurements (kept in the hash-chained audit row's payload)."""
         ts = _now()
         payload = {"study": study_key, "findings": findings}
+        if measurements is not None:
+            payload["measurements"] = measurements
         if addendum:
             payload["addendum"] = True
         return self._write(reviewer, "sign-off", payload,
@@ -355,7 +362,7 @@ class ReviewStore:
         rows = self.conn.execute(
             "SELECT finding_id, decision, reviewer, reason, ts, addendum FROM decisions WHERE study_key = ? ORDER BY id",
             (study_key,)).fetchall()
-        return [{"finding": f, "decision": d, "reviewer": r, "reason": reason or "", "ts": ts, "addendum": bool(a)}
+        return [{"finding": f, "decision": Decision(d), "reviewer": r, "reason": reason or "", "ts": ts, "addendum": bool(a)}
                 for f, d, r, reason, ts, a in rows]
 
     def signoffs(self, study_key: str) -> list[dict]:

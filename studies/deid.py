@@ -82,6 +82,10 @@ class DeidOptions:
 
 @dataclass
 class DeidReport:
+    """What :func:`deidentify_files` did: the files ``written``, ``warnings`` (e.g. Burned In
+    Annotation YES: pixels may still show identifying text), ``skipped`` ``(path, reason)``
+    pairs (not DICOM, unreadable) and the number of ``studies`` written."""
+
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)

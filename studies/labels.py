@@ -30,6 +30,7 @@ import numpy as np
 
 from .imagefile import IMAGE_SUFFIXES, is_image_file
 from .volume import Volume
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["ReferenceLabels", "LabelImportError", "load_reference", "read_sidecar_names", "place_on_grid",
            "SEG_SOP_CLASS", "RTSTRUCT_SOP_CLASS", "series_files"]
@@ -38,7 +39,7 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set Storage
 
 
-class LabelImportError(ValueError):
+class LabelImportError(ValueError, RadreviewError):
     """A reference segmentation cannot be used for the study; the message names the file and why."""
 
 

@@ -18,6 +18,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 from .hashing import sha256_file
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["SampleDataError", "sample_ct_path", "cache_dir", "MANIFEST", "BASE_URL"]
 
@@ -49,7 +50,7 @@ MANIFEST: tuple[tuple[str, str], ...] = (
 )
 
 
-class SampleDataError(RuntimeError):
+class SampleDataError(RuntimeError, RadreviewError):
     """The sample study is not in the cache or mirror and could not be downloaded."""
 
 

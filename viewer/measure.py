@@ -30,6 +30,7 @@ import numpy as np
 from radreview.studies.volume import Volume
 
 from .model import PLANES, plane_mapping
+from radreview.studies.errors import RadreviewError
 
 __all__ = [
     "KINDS", "Measurement", "ruler_length_mm", "angle_deg", "roi_mask", "roi_stats", "measure",
@@ -40,7 +41,7 @@ KINDS = ("ruler", "angle", "ellipse", "rectangle")
 _NPOINTS = {"ruler": 2, "angle": 3, "ellipse": 2, "rectangle": 2}
 
 
-class MeasurementError(ValueError):
+class MeasurementError(ValueError, RadreviewError):
     """A measurement that cannot be computed (wrong number of points, unknown kind or plane)."""
 
 

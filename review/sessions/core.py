@@ -42,6 +42,7 @@ from sqlalchemy import and_, delete, select, update
 
 from .db import (SessionDB, ai_t, assign_t, cases_t, events_t, lesions_t, meta_t, now_utc, reads_t,
                  truth_t)
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["MODES", "DEFAULT_QUESTION", "POSITIVE_SCORE", "SessionError", "ReadingSession", "Read", "read_cases_csv",
            "read_truth_csv", "boot_id"]
@@ -53,7 +54,7 @@ POSITIVE_SCORE = 50.0
 DEFAULT_MODEL = "ct-nodule-2p5d"
 
 
-class SessionError(ValueError):
+class SessionError(ValueError, RadreviewError):
     """A refused request (wrong phase, locked read, unassigned case, bad input); nothing was changed."""
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ..audit_chain import GENESIS, row_hash, verify_chain
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["SessionDB", "SessionDBError", "engine_url", "is_session_db", "now_utc"]
 
@@ -70,7 +71,7 @@ head_t = Table("audit_head", metadata,
                Column("count", Integer, nullable=False))
 
 
-class SessionDBError(RuntimeError):
+class SessionDBError(RuntimeError, RadreviewError):
     """The session database is missing, damaged or not a session database; the message names it."""
 
 

@@ -20,11 +20,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from .core import ReadingSession
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["DemoError", "build_demo", "demo_backgrounds"]
 
 
-class DemoError(RuntimeError):
+class DemoError(RuntimeError, RadreviewError):
     """The shared data folder is missing or incomplete (the message names what is missing)."""
 
 

@@ -58,10 +58,25 @@ def find_studies(node: PacsNode, query: StudyQuery) -> list[StudyResult]:
 
 
 def find_series(node: PacsNode, study_uid: str) -> list[SeriesResult]:
+    """Series of one study (C-FIND at SERIES level or QIDO-RS ``/studies/{uid}/series``).
+
+    Raises
+    ------
+    PacsError
+        Connection refused, timeout, association rejected, HTTP error; the message names the node.
+    """
     return (dimse if node.kind == "dimse" else dicomweb).find_series(node, study_uid)
 
 
 def find_instances(node: PacsNode, study_uid: str, series_uid: str) -> list[InstanceResult]:
+    """Instances of one series with Instance Number and Image Position (Patient) (LPS mm)
+    when the PACS returns them (C-FIND at IMAGE level or QIDO-RS).
+
+    Raises
+    ------
+    PacsError
+        As :func:`find_series`.
+    """
     return (dimse if node.kind == "dimse" else dicomweb).find_instances(node, study_uid, series_uid)
 
 

@@ -22,6 +22,9 @@ __all__ = ["RetrieveCache", "CacheEntry"]
 
 @dataclass
 class CacheEntry:
+    """One cached study: its folder ``path``, size in ``bytes`` and ``last_used`` (seconds
+    since the epoch, the LRU key)."""
+
     study_instance_uid: str
     bytes: int
     last_used: float

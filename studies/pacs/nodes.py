@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
+from radreview.studies.errors import RadreviewError
 
 __all__ = ["PacsNode", "PacsSettings", "PacsError", "config_path", "load_settings", "save_settings", "resolve_node",
            "DEFAULT_CALLING_AE", "DEFAULT_TIMEOUT_S"]
@@ -27,7 +28,7 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_CACHE_LIMIT_MB = 4096
 
 
-class PacsError(RuntimeError):
+class PacsError(RuntimeError, RadreviewError):
     """A PACS operation failed; the message names the node (never its credentials) and the cause."""
 
 

@@ -44,6 +44,10 @@ class StudyQuery:
 
 @dataclass
 class StudyResult:
+    """One study-level match (C-FIND or QIDO-RS): its UID, patient, ``study_date``
+    (``YYYYMMDD``), accession, modalities in the study, description and ``series_count``
+    (None when the PACS did not say)."""
+
     study_instance_uid: str
     patient_id: str = ""
     patient_name: str = ""
@@ -62,6 +66,9 @@ class StudyResult:
 
 @dataclass
 class SeriesResult:
+    """One series-level match: UIDs, modality, description, Series Number (``number``) and
+    ``instance_count`` (None when the PACS did not say)."""
+
     study_instance_uid: str
     series_instance_uid: str
     modality: str = ""

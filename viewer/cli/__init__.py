@@ -5,7 +5,8 @@ parser and sets ``func`` with ``set_defaults``; :func:`build_parser` discovers t
 new sub-command is one new module and touches nothing else.
 
 Contract (scripts rely on it): exit status 0 on success; otherwise non-zero with one line
-``radreview: error: ...`` on stderr. A domain error (:class:`CliError`) exits 2. An unexpected
+``radreview: error: ...`` on stderr. A domain error (:class:`CliError`, or any
+:class:`radreview.studies.errors.RadreviewError` a command lets through) exits 2. An unexpected
 exception exits 3 with the same one line plus the path of the log file that holds the full
 traceback; a bare traceback is never printed. Qt and VTK are imported only by the commands that
 draw (``open``, ``demo``, ``snapshot``), inside their functions; an import-linter contract keeps
@@ -22,15 +23,17 @@ import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from radreview.studies.errors import RadreviewError
 
-__all__ = ["main", "build_parser", "CliError", "log_dir"]
+__all__ = ["main", "build_parser", "CliError", "RadreviewError", "log_dir"]
 
 # No network at run time: ONNX Runtime's telemetry reads this before onnxruntime is imported.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one line ``radreview: error: <message>``, exit status 2."""
+class CliError(RadreviewError):
+    """A user-facing failure raised by a command module: printed as one line
+    ``radreview: error: <message>``, exit status 2 (as every :class:`RadreviewError`)."""
 
 
 def _commands() -> list[str]:
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"radreview: error: {exc}", file=sys.stderr)
+    except RadreviewError as exc:  # CliError and every domain error (bad input, refused action)
+        msg = " ".join(str(exc).splitlines()) or type(exc).__name__
+        print(f"radreview: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

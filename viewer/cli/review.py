@@ -23,7 +23,7 @@ def _review(args) -> int:
     from radreview.inference.package import PackageError, load_package
     from radreview.review.findings import FindingStatus, PackageChanged, SignOffRefused, StudyLocked
     from radreview.review.settings import remember_reviewer, remembered_reviewer
-    from radreview.review.store import ReviewStore, StoreCorrupt, StoreLocked, StoreMissing
+    from radreview.review.store import ReviewStore, StoreLocked
     from radreview.studies import LoadError, open_volume
     from radreview.review.runs import RunChanged
     from radreview.viewer.workflow import default_models, open_session, restore_last_run, run_models, save_ai_run
@@ -32,10 +32,8 @@ def _review(args) -> int:
         raise CliError(f"{args.path}: no such file or folder")
     if args.addendum and not (args.reason or "").strip():
         raise CliError("--addendum needs --reason TEXT (why the signed-off study is changed)")
-    try:
-        store = ReviewStore(args.db, create=args.create or args.db is None)
-    except (StoreMissing, StoreCorrupt, StoreLocked) as exc:
-        raise CliError(str(exc)) from None
+    # StoreMissing / StoreCorrupt / StoreLocked are RadreviewErrors: one line, exit 2 (cli.main)
+    store = ReviewStore(args.db, create=args.create or args.db is None)
     try:
         vol = open_volume(args.path)
     except (LoadError, ValueError) as exc:

@@ -234,7 +234,12 @@ class _Emitter:
         self._cbs: list[Callable] = []
 
     def connect(self, cb: Callable) -> None:
-        self._cbs.append(cb)
+        if cb not in self._cbs:
+            self._cbs.append(cb)
+
+    @property
+    def n_connected(self) -> int:
+        return len(self._cbs)
 
     def disconnect(self, cb: Callable) -> None:
         if cb in self._cbs:
@@ -256,7 +261,9 @@ class ViewerModel:
         self.volume_changed = _Emitter()
         self.cursor_changed = _Emitter()
         self.window_changed = _Emitter()
-        self.overlays_changed = _Emitter()
+        self.overlays_changed = _Emitter()  # the set of overlays or their shown state changed
+        self.overlay_changed = _Emitter()  # overlay_changed(name): one evented overlay's look changed
+        self._overlay_cbs: dict[str, tuple[object, Callable]] = {}
         self.overlays: dict[str, object] = {}  # name -> object with compose(rgb, mapping, index)
         self.overlays_shown = True  # O toggles every overlay
         self.heatmaps_shown = True  # H toggles heatmaps (overlays whose ``kind`` is "heatmap")
@@ -271,6 +278,8 @@ class ViewerModel:
     # ------------------------------------------------------------------ volume
     def set_volume(self, volume: Volume) -> None:
         self.volume = volume
+        for name in list(self._overlay_cbs):
+            self._unsubscribe(name)
         self.overlays = {}  # overlays belong to the previous grid
         self.mappings = {p: plane_mapping(volume, p) for p in PLANES}
         self.cursor = volume.center_lps()
@@ -302,12 +311,25 @@ class ViewerModel:
         if self.volume is None or shape != self.volume.array.shape:
             raise ValueError(f"overlay {name!r} shape {shape or None} does not match the volume "
                              f"{None if self.volume is None else self.volume.array.shape}")
+        self._unsubscribe(name)
         self.overlays[name] = overlay
+        ev = getattr(overlay, "changed", None)
+        if ev is not None and hasattr(ev, "connect"):  # an evented overlay (viewer.overlay.Evented)
+            def cb(*_args, _name=name):
+                self.overlay_changed.emit(_name)
+            ev.connect(cb)
+            self._overlay_cbs[name] = (overlay, cb)
         self.overlays_changed.emit()
 
     def remove_overlay(self, name: str) -> None:
+        self._unsubscribe(name)
         if self.overlays.pop(name, None) is not None:
             self.overlays_changed.emit()
+
+    def _unsubscribe(self, name: str) -> None:
+        ov_cb = self._overlay_cbs.pop(name, None)
+        if ov_cb is not None:
+            ov_cb[0].changed.disconnect(ov_cb[1])
 
     def visible_overlays(self) -> list:
         """The overlays drawn now, in drawing order (``z_order``: label maps, heatmaps, markers)."""

@@ -13,9 +13,42 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import PLANES, PlaneMapping
+from .model import PLANES, PlaneMapping, _Emitter
 
-__all__ = ["LabelOverlay", "HeatmapOverlay", "MarkerOverlay", "Marker", "outline", "heat_lut"]
+__all__ = ["LabelOverlay", "HeatmapOverlay", "MarkerOverlay", "Marker", "outline", "heat_lut", "Evented"]
+
+
+class Evented:
+    """Mixin of an evented overlay: setting a display attribute (``_EVENTED`` names, e.g.
+    ``opacity``) emits ``changed(attribute)`` once, after the value is stored; so does a
+    per-label change (:meth:`LabelOverlay.set_visible`, ``set_color``). The viewer model
+    subscribes to it when the overlay is added (and disconnects when it is removed), and the
+    views re-compose only the planes the overlay shows on."""
+
+    _EVENTED: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> _Emitter:
+        ev = self.__dict__.get("_changed")
+        if ev is None:
+            ev = self.__dict__["_changed"] = _Emitter()
+        return ev
+
+    def __setattr__(self, name, value) -> None:
+        evented = name in self._EVENTED and "_ready" in self.__dict__
+        if evented and self.__dict__.get(name, object()) is value:
+            return
+        object.__setattr__(self, name, value)
+        if evented:
+            self.changed.emit(name)
+
+    def _mark_ready(self) -> None:
+        self.__dict__["_ready"] = True
+
+    def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
+        """Whether the overlay may draw anything on slice ``index`` of ``mapping`` (then a change
+        of it needs that plane re-composed). Default: always."""
+        return True
 
 
 def outline(mask2d: np.ndarray) -> np.ndarray:
@@ -29,8 +62,8 @@ def outline(mask2d: np.ndarray) -> np.ndarray:
     return edge & (m > 0)
 
 
-@dataclass
-class LabelOverlay:
+@dataclass(eq=False)
+class LabelOverlay(Evented):
     """Label map + display state. ``labels`` shape must equal the volume array's ``(z, y, x)``.
 
     Raises
@@ -49,6 +82,7 @@ class LabelOverlay:
     outline_only: set[int] = field(default_factory=set)  # always outlined, never filled (e.g. body)
     z_order = 0  # drawing order among overlays: label maps first, heatmaps above, markers on top
     kind = "labels"
+    _EVENTED = ("opacity", "mode")
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 3 or not np.issubdtype(self.labels.dtype, np.integer):
@@ -58,6 +92,7 @@ class LabelOverlay:
         n = int(self.labels.max()) + 1 if self.labels.size else 1
         self._lut = np.zeros((max(n, max(self.colors, default=0) + 1), 3), dtype=np.float32)
         self._refresh_lut()
+        self._mark_ready()
 
     def _refresh_lut(self) -> None:
         self._lut[:] = 0
@@ -76,12 +111,22 @@ class LabelOverlay:
         self._clip = not (np.issubdtype(self.labels.dtype, np.unsignedinteger) and np.iinfo(self.labels.dtype).max < n)
 
     def set_visible(self, index: int, on: bool) -> None:
+        """Show or hide one label; emits ``changed("visible")`` when it changes."""
+        if self.visible.get(index, True) == bool(on) and index in self.visible:
+            return
         self.visible[index] = bool(on)
         self._refresh_lut()
+        self.changed.emit("visible")
 
     def set_color(self, index: int, rgb) -> None:
+        """Set one label's colour (RGB 0..255); emits ``changed("colors")``."""
         self.colors[index] = tuple(int(c) for c in rgb)
         self._refresh_lut()
+        self.changed.emit("colors")
+
+    def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
+        """Whether slice ``index`` of ``mapping`` holds any label (shown or not: showing one may be the change)."""
+        return bool(mapping.extract(self.labels, index).any())
 
     @property
     def shape(self):
@@ -170,8 +215,8 @@ def heat_lut() -> np.ndarray:
     return out.astype(np.uint8)
 
 
-@dataclass
-class HeatmapOverlay:
+@dataclass(eq=False)
+class HeatmapOverlay(Evented):
     """A 0..1 map ``(z, y, x)`` on the volume grid drawn with a colour table above ``cutoff``.
 
     ``title`` names it on the views' colour bar (e.g. ``"Grad-CAM"``, ``"uncertainty"``);
@@ -185,6 +230,7 @@ class HeatmapOverlay:
     value_range: tuple[float, float] = (0.0, 1.0)
     z_order = 5
     kind = "heatmap"
+    _EVENTED = ("opacity", "cutoff", "title", "value_range")
 
     def colorbar(self) -> tuple[np.ndarray, float, float, str]:
         """``(lut (256, 3) uint8, low, high, title)`` for a colour bar of this map."""
@@ -197,6 +243,11 @@ class HeatmapOverlay:
         self._lut8 = heat_lut()
         # quantised once to the colour table's 256 steps: slicing uint8 is fast (float16 is not)
         self._q = np.rint(np.clip(np.nan_to_num(np.asarray(self.heat, np.float32)), 0, 1) * 255).astype(np.uint8)
+        self._mark_ready()
+
+    def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
+        """Whether slice ``index`` of ``mapping`` has any non-zero heat (a cutoff change may show it)."""
+        return bool(mapping.extract(self._q, index).any())
 
     @property
     def shape(self):

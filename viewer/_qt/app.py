@@ -28,6 +28,11 @@ def run_app(path: str, layout: str = "2x2", preset: str | None = None, quit_afte
     if preset:
         win.volume_loaded.connect(lambda _v: win.model.apply_preset(preset))
     win.show()
+    from radreview.studies.parallel import warm_pool
+
+    # the decode pool starts after the first study is shown (warming it during the first scan
+    # would slow that scan on 2 cores), so the next study opened is decoded in parallel at once
+    win.first_image_shown.connect(warm_pool)
     win.open_path(path)
     status = {"code": 0}
 

@@ -12,7 +12,7 @@ reference dashed), and exports the AI or edited mask as DICOM SEG.
 views (same slice, crosshair, window and — through one shared VTK camera per plane — zoom and
 pan), the AI mask on the left and the reference on the right.
 
-:func:`install_edit_compare` wires the edit and compare panels into a :class:`MainWindow`.
+:func:`install_edit` and :func:`install_compare` build the Edit and Compare panels for their registered docks (viewer/_qt/docks.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .edit_panel import EDIT_OVERLAY, EditPanel, KeyFilter
 from .edit_panel import SHORTCUTS as EDIT_SHORTCUTS
 from .views import SliceView
 
-__all__ = ["ComparePanel", "CompareLayout", "install_edit_compare", "TOTALSEGMENTATOR_TOTAL", "COLUMNS"]
+__all__ = ["ComparePanel", "CompareLayout", "install_edit", "install_compare", "TOTALSEGMENTATOR_TOTAL", "COLUMNS"]
 
 COMPARE_LAYOUT = "ai|manual"
 REF_OVERLAY = "reference"
@@ -567,39 +567,36 @@ class ComparePanel(QWidget):
         self.info.setText("No reference")
 
 
-def install_edit_compare(win) -> None:
-    """Add the Edit and Compare docks, the "ai|manual" layout, the editor keys and the
-    Import reference / Export SEG actions to a :class:`MainWindow` (called once by it)."""
+def install_edit(win) -> EditPanel:
+    """The Edit panel with the "ai|manual" layout's reference views and the editor keys, for the
+    registered "edit" dock (viewer/_qt/docks.py)."""
     from . import main_window as mw
 
     win.compare_layout = CompareLayout(win.model, win.views)
     win.extra_views = list(win.compare_layout.ref_views.values())
     win.extra_layouts = {COMPARE_LAYOUT: win.compare_layout.place}
     win.edit_panel = EditPanel(win.model, win.views, win.ai_panel, win.review_panel)
-    dock = QDockWidget("Edit", win)
-    dock.setWidget(win.edit_panel)
-    win.addDockWidget(Qt.LeftDockWidgetArea, dock)  # under the study browser, which needs little height
-    win.compare_panel = ComparePanel(win.model, win.ai_panel, win.edit_panel, win.compare_layout, win)
-    cdock = QDockWidget("Compare", win)
-    cdock.setWidget(win.compare_panel)
-    win.addDockWidget(Qt.BottomDockWidgetArea, cdock)  # the metrics table is wide (14 columns)
-    # the review table is the product's main panel: the Compare dock takes its height only when
-    # there is something to compare (a reference imported, or the ai|manual layout chosen)
-    cdock.setVisible(False)
-    win.compare_panel.dock = cdock
-    win.compare_panel.reference_loaded.connect(win.compare_panel.show_dock)
-    win.layout_box.currentTextChanged.connect(win.compare_panel.layout_chosen)
-    win.edit_dock, win.compare_dock = dock, cdock
     win._edit_keys = KeyFilter(win.edit_panel)
     win.installEventFilter(win._edit_keys)
     for v in [*win.views.values(), *win.extra_views]:
         v.installEventFilter(win._edit_keys)
     if win.layout_box.findText(COMPARE_LAYOUT) < 0:
         win.layout_box.addItem(COMPARE_LAYOUT)
+    for item in EDIT_SHORTCUTS + [("Layout ai|manual", "AI mask (left) and reference (right), linked")]:
+        if item not in mw.SHORTCUTS:
+            mw.SHORTCUTS.append(item)
+    return win.edit_panel
+
+
+def install_compare(win) -> ComparePanel:
+    """The Compare panel and its Import reference / Export SEG actions, for the registered
+    "compare" dock (hidden until there is something to compare: a reference imported, or the
+    ai|manual layout chosen)."""
+    win.compare_panel = ComparePanel(win.model, win.ai_panel, win.edit_panel, win.compare_layout, win)
+    win.compare_panel.reference_loaded.connect(win.compare_panel.show_dock)
+    win.layout_box.currentTextChanged.connect(win.compare_panel.layout_chosen)
     tb = win.toolbar
     tb.addSeparator()
     tb.addAction(QAction("Import reference…", win, triggered=win.compare_panel._ask_reference))
     tb.addAction(QAction("Export SEG…", win, triggered=win.compare_panel._ask_export))
-    for item in EDIT_SHORTCUTS + [("Layout ai|manual", "AI mask (left) and reference (right), linked")]:
-        if item not in mw.SHORTCUTS:
-            mw.SHORTCUTS.append(item)
+    return win.compare_panel

@@ -165,55 +165,19 @@ class MainWindow(QMainWindow):
         self.views_area = views
         self.setCentralWidget(central)
 
-        self.browser = SeriesBrowser()
-        self.browser.series_chosen.connect(self.load_entry)
-        dock = QDockWidget("Studies", self)
-        dock.setWidget(self.browser)
-        self.addDockWidget(Qt.LeftDockWidgetArea, dock)
-        from .ai_panel import AIPanel
-
-        from .review_panel import ReviewPanel
-
-        self.ai_panel = AIPanel(self.model, self.view3d)
-        ai_dock = QDockWidget("AI", self)
-        ai_dock.setWidget(self.ai_panel)
-        self.addDockWidget(Qt.RightDockWidgetArea, ai_dock)
-        self.review_panel = ReviewPanel(self.model)
-        self.ai_panel.review_panel = self.review_panel
-        rv_dock = QDockWidget("Review", self)
-        rv_dock.setWidget(self.review_panel)
-        self.addDockWidget(Qt.RightDockWidgetArea, rv_dock)
-        self.review_panel.pending_changed.connect(self._pending_changed)
-        self.review_panel.run_restored.connect(self._run_restored)
-        from .measure_panel import MeasurePanel
-
-        self.measure_panel = MeasurePanel(self.model, self.views)
-        self.measure_panel.store = self.review_panel.store
-        self.measure_panel.reviewer = lambda: self.review_panel.reviewer.text()
-        ms_dock = QDockWidget("Measurements", self)
-        ms_dock.setWidget(self.measure_panel)
-        self.addDockWidget(Qt.RightDockWidgetArea, ms_dock)
-        self.tabifyDockWidget(rv_dock, ms_dock)
-        rv_dock.raise_()
-        self.measure_dock = ms_dock
-        self.ai_panel.measure_panel = self.measure_panel
-
-        from .pacs_panel import install_pacs_tab
-
-        install_pacs_tab(self, dock)  # "Local" | "PACS" tabs in the Studies dock (self.pacs_panel)
         self.readout = QLabel("")
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(260)
         self.progress.setVisible(False)
         self.statusBar().addWidget(self.readout, 1)
         self.statusBar().addPermanentWidget(self.progress)
-        for v in self.views.values():
-            v.readout.connect(self.readout.setText)
 
         self._build_toolbar()
-        from .compare_panel import install_edit_compare  # Edit/Compare docks, "ai|manual" layout (issue 7)
+        from .docks import install_docks  # Studies, AI, Review, Measurements, Edit, Compare (viewer/_qt/docks.py)
 
-        install_edit_compare(self)
+        install_docks(self)
+        for v in self.views.values():
+            v.readout.connect(self.readout.setText)
         self.set_layout("2x2")
         self.resize(1400, 900)
 

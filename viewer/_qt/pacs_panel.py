@@ -27,7 +27,7 @@ from radreview.studies.pacs import (
 
 from .workers import _guard
 
-__all__ = ["PacsPanel", "NodeDialog", "install_pacs_tab"]
+__all__ = ["PacsPanel", "NodeDialog", "pacs_tabs"]
 
 
 # ---------------------------------------------------------------- workers (no widgets touched)
@@ -292,7 +292,7 @@ class PacsPanel(QWidget):
         self._worker = None
         self.retrieve_t0 = None
         self.first_image_seconds = None
-        # set by install_pacs_tab: where "Send results" finds the study, the AI output, the explanation
+        # set by pacs_tabs: where "Send results" finds the study, the AI output, the explanation
         self.window = None
         self.explanation = None
 
@@ -532,15 +532,15 @@ class PacsPanel(QWidget):
         self._start(w)
 
 
-def install_pacs_tab(window, dock) -> PacsPanel:
-    """Put the dock's series browser and a PACS tab side by side in ``dock`` and wire the PACS
-    tab to ``window``: the middle slice is shown as it arrives, the retrieved series opens as
-    any study, and "Send results" finds the open study, the AI result and the explanation."""
+def pacs_tabs(window, local) -> QTabWidget:
+    """The Studies dock's widget: the ``local`` series browser and a PACS tab side by side,
+    the PACS tab wired to ``window``: the middle slice is shown as it arrives, the retrieved
+    series opens as any study, and "Send results" finds the open study, the AI result and the
+    explanation (``window.pacs_panel``, ``window.browser_tabs``)."""
     tabs = QTabWidget()
-    tabs.addTab(dock.widget(), "Local")
+    tabs.addTab(local, "Local")
     panel = PacsPanel()
     tabs.addTab(panel, "PACS")
-    dock.setWidget(tabs)
     panel.window = window
 
     def preview(vol) -> None:
@@ -550,9 +550,6 @@ def install_pacs_tab(window, dock) -> PacsPanel:
     panel.preview_ready.connect(preview)
     panel.retrieved.connect(window.open_path)
     panel.message.connect(lambda m: window.statusBar().showMessage(m, 10000))
-    ai = getattr(window, "ai_panel", None)
-    if ai is not None and hasattr(ai, "explanation_ready"):
-        ai.explanation_ready.connect(lambda ex: setattr(panel, "explanation", ex))
     window.pacs_panel = panel
     window.browser_tabs = tabs
-    return panel
+    return tabs

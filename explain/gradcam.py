@@ -117,7 +117,7 @@ def gradcam_slices(net, layer_name: str, x: np.ndarray, slices: list[int], masks
     inp = context_stack(x, slices, context)
     inp, (h, w) = _pad8(inp)
     m, _ = _pad8(masks.astype(np.float32))
-    current = {}
+    current: dict[str, torch.Tensor] = {}  # the mask of the batch being attributed
 
     def score(t: torch.Tensor) -> torch.Tensor:
         return (net(t)[:, class_index] * current["mask"]).sum(dim=(1, 2))
@@ -147,7 +147,8 @@ def _finish(package, target, cam_grid, grid, volume, prob, t0, diff, allow_zero:
     if heat.max() <= 0 and not allow_zero:
         raise ExplanationRefused(f"{package.id}: Grad-CAM is zero everywhere for target {target!r} (no positive evidence)")
     k, j, i = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    peak = tuple(float(v) for v in volume.index_to_lps([i, j, k]))
+    px, py, pz = (float(v) for v in volume.index_to_lps([i, j, k]))
+    peak = (px, py, pz)
     return Explanation(package.id, target, heat.astype(np.float32), peak, prob, time.perf_counter() - t0, diff)
 
 
@@ -229,7 +230,7 @@ def gradcam_views(net, x: np.ndarray) -> tuple[np.ndarray, float]:
     to ``P x P``. Returns ``(cams (3, P, P) for axial (y, x), coronal (z, x), sagittal (z, y),
     score)``.
     """
-    acts = {}
+    acts: dict[str, torch.Tensor] = {}
     hook = net.features.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
     try:
         with torch.enable_grad():
@@ -315,7 +316,8 @@ def explain_triplanar(volume: Volume, package: ModelPackage, result, target: str
     if mx > 0:
         heat /= mx
     k, j, i = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    peak = tuple(float(v) for v in volume.index_to_lps([i, j, k]))
+    px, py, pz = (float(v) for v in volume.index_to_lps([i, j, k]))
+    peak = (px, py, pz)
     return Explanation(package.id, target, heat, peak, prob, time.perf_counter() - t0, diff)
 
 

@@ -172,7 +172,7 @@ def detect_candidates(hu: np.ndarray, spacing_xyz, lungs: np.ndarray, params: di
     remaining = sitk.GetImageFromArray(dense.astype(np.uint8))
     remaining.SetSpacing(tuple(sp))
     ccarr = np.zeros(dense.shape, np.int32)
-    rows = []
+    rows: list[tuple[int, int, float, tuple[int, int, int, int, int, int]]] = []  # (voxels, key, diameter mm, bbox)
     radii = [float(r) for r in p["open_mm"]] if isinstance(p["open_mm"], (list, tuple)) else [float(p["open_mm"])]
     for step, r_mm in enumerate(radii):
         last = step == len(radii) - 1
@@ -206,9 +206,9 @@ def detect_candidates(hu: np.ndarray, spacing_xyz, lungs: np.ndarray, params: di
     from scipy.ndimage import maximum_filter
 
     extra = []
-    big = {lab: bb for n, lab, d, bb in rows if d >= p["blob_split_mm"]}
-    if big:
-        union = np.isin(ccarr, list(big))
+    blobs = {lab: bb for n, lab, d, bb in rows if d >= p["blob_split_mm"]}
+    if blobs:
+        union = np.isin(ccarr, list(blobs))
         uz, uy, ux = (np.flatnonzero(union.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1)))
         ub = (slice(uz[0], uz[-1] + 1), slice(uy[0], uy[-1] + 1), slice(ux[0], ux[-1] + 1))
         rimg = sitk.GetImageFromArray(np.pad(union[ub], 1).astype(np.uint8))
@@ -236,11 +236,13 @@ def detect_candidates(hu: np.ndarray, spacing_xyz, lungs: np.ndarray, params: di
                 ball = (((zz - c[0]) * sp[2]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[0]) ** 2) <= r * r
                 sub_r = (ccarr[s0[0]:s1[0], s0[1]:s1[1], s0[2]:s1[2]] == lab) & ball
                 extra.append((int(sub_r.sum()), sub_r, (int(s0[0]), int(s0[1]), int(s0[2]), int(s1[0]), int(s1[1]), int(s1[2]))))
-    rows = [(n, lab, d, bb, None) for n, lab, d, bb in rows] + [(n, None, 0.0, bb, m) for n, m, bb in extra]
-    rows.sort(key=lambda r: -r[0])
-    rows = rows[: int(p["max_candidates"])]
+    # (voxels, key or None, diameter mm, bbox, own mask or None): components, then the thick spots
+    found: list[tuple[int, int | None, float, tuple[int, int, int, int, int, int], np.ndarray | None]] = (
+        [(n, lab, d, bb, None) for n, lab, d, bb in rows] + [(n, None, 0.0, bb, m) for n, m, bb in extra])
+    found.sort(key=lambda r: -r[0])
+    found = found[: int(p["max_candidates"])]
     comps = []
-    for k, (n, lab, d, bb, m) in enumerate(rows, 1):
+    for k, (n, lab, d, bb, m) in enumerate(found, 1):
         region = ccarr[bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]] == lab if m is None else m
         if m is None:
             out[sub][bb[0]:bb[3], bb[1]:bb[4], bb[2]:bb[5]][region] = k
@@ -479,7 +481,7 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
         if ends is not None:
             ends = [[[round(float(v), 2) for v in grid.TransformContinuousIndexToPhysicalPoint(
                 [q[0] + x0, q[1] + y0, q[2] + z0])] for q in pair] for pair in ends]
-        cands.append(Candidate(0, tuple(float(v) for v in centre), long_mm, pk, pk, float(logits[k, 1] - logits[k, 0]),
+        cands.append(Candidate(0, (float(centre[0]), float(centre[1]), float(centre[2])), long_mm, pk, pk, float(logits[k, 1] - logits[k, 0]),
                                c["voxels"], k + 1, long_mm, short_mm, c["voxels"] * voxel_ml, ntype,
                                {n: round(float(v), 4) for n, v in zip(types, tp[k])},
                                lung_rads_category(long_mm, short_mm, ntype, solid),

@@ -7,6 +7,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def _mask_dice(a: np.ndarray, b: np.ndarray, labels: list[dict]) -> dict[str, fl
     return out
 
 
-def models_bench(model_id: str, threads: int = 2, repeats: int = 10, batch: int = 8) -> dict:
+def models_bench(model_id: str | Path, threads: int = 2, repeats: int = 10, batch: int = 8) -> dict:
     """FP32 vs INT8 latency of one batch of patches (median of ``repeats``, same threads)."""
     from .segment import make_session
 
@@ -60,7 +61,7 @@ def models_bench(model_id: str, threads: int = 2, repeats: int = 10, batch: int 
     spec = pkg.meta["input"]
     ph, pw = spec["patch_size"][-2:]
     x = np.random.default_rng(0).normal(size=(batch, spec["channels"], ph, pw)).astype(np.float32)
-    out = {"model": pkg.id, "threads": threads, "batch": batch, "patch": [ph, pw]}
+    out: dict[str, Any] = {"model": pkg.id, "threads": threads, "batch": batch, "patch": [ph, pw]}
     for prec in ("fp32", "int8"):
         sess = make_session(pkg.file(prec), threads)
         name = sess.get_inputs()[0].name

@@ -85,8 +85,8 @@ class SegmentationResult:
     model_id: str
     precision: str
     labels: np.ndarray
-    max_prob: np.ndarray
-    entropy: np.ndarray
+    max_prob: np.ndarray | None  # None only while ``sources`` holds its mapper (read maps it)
+    entropy: np.ndarray | None
     stats: list[LabelStats]
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -114,8 +114,9 @@ def _lazy_field(name: str) -> property:
     return property(get, set_)
 
 
-SegmentationResult.max_prob = _lazy_field("max_prob")
-SegmentationResult.entropy = _lazy_field("entropy")
+# setattr: mypy reads a plain assignment of a property over a dataclass field as a type clash
+setattr(SegmentationResult, "max_prob", _lazy_field("max_prob"))  # noqa: B010
+setattr(SegmentationResult, "entropy", _lazy_field("entropy"))  # noqa: B010
 
 
 def check_session(session, package: ModelPackage, n_out: int) -> None:
@@ -420,17 +421,18 @@ class _CellMap:
         (z0, _), (y0, _), (x0, _) = self.taps
         n0 = self.shape[0]
         self.lab = np.empty(self.shape, dtype=self.lab_dtype)
-        self.best = np.empty(self.shape, dtype=np.float16) if with_best else None
+        best = np.empty(self.shape, dtype=np.float16) if with_best else None
+        self.best = best
         for s0 in range(0, n0, chunk):
             s1 = min(s0 + chunk, n0)
             c = self.cell.take(z0[s0:s1], axis=0).take(y0, axis=1).take(x0, axis=2)
             mz, my, mx, mc, mv = self._mixed(c, s0, s1)
             c[mz, my, mx] = mc
             self.lab[s0:s1] = self.lut[c]
-            if with_best:
+            if best is not None:
                 b = self.mapper.slab(self.mx, s0, s1)
                 b[mz, my, mx] = mv
-                self.best[s0:s1] = b
+                best[s0:s1] = b
             for row, w in enumerate((None, mv, mz + s0, my, mx)):
                 self.acc[row] += np.bincount(mc, weights=None if w is None else w.astype(float), minlength=self.C)
             yield s1, n0
@@ -475,7 +477,7 @@ class _CellMap:
         """Max over channels of the interpolated probabilities at study voxels ``(z, y, x)``."""
         (z0, wz), (y0, wy), (x0, wx) = self.taps
         iz, iy, ix = z0[z], y0[y], x0[x]
-        v = 0.0
+        v = np.zeros((), dtype=self.pt.dtype)  # broadcasts to (C, N) on the first term
         for dz, fz in ((0, 1 - wz[z]), (1, wz[z])):
             for dy, fy in ((0, 1 - wy[y]), (1, wy[y])):
                 for dx, fx in ((0, 1 - wx[x]), (1, wx[x])):
@@ -594,13 +596,14 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
             continue
         to = fill if idx != fill else 0
         dz, dy, dx = _keep_largest_component(lab, idx, to)
-        if tab is not None and dz.size:  # move the dropped voxels' share to the fill label
+        if tab is not None and cm is not None and dz.size:  # move the dropped voxels' share to the fill label
             moved = np.array([dz.size, float(cm.best_at(dz, dy, dx).astype(float).sum()),
                               float(dz.sum()), float(dy.sum()), float(dx.sum())])
             tab[:, idx] -= moved
             tab[:, to] += moved
     yield SegProgress("post", 1, 2)
     if tab is None:
+        assert best is not None, "the SimpleITK path always maps max_prob"
         tab = np.stack(_label_stats(lab, best, n_bins))
     cnt, sp_sum, sz, sy, sx = tab
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
@@ -613,7 +616,7 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
         if n:
             cen = volume.index_to_lps(np.array([sx[i], sy[i], sz[i]]) / n)
             stats.append(LabelStats(i, lm["name"], n, n * voxel_ml, float(sp_sum[i] / n), tuple(lm["color"]),
-                                    tuple(float(v) for v in cen)))
+                                    (float(cen[0]), float(cen[1]), float(cen[2]))))
         else:
             stats.append(LabelStats(i, lm["name"], 0, 0.0, None, tuple(lm["color"]), None))
     stage["post"] = time.perf_counter() - t
@@ -622,7 +625,7 @@ def iter_segment(volume: Volume, package: ModelPackage, precision: str = "int8",
                              time.perf_counter() - t_start, stage, warnings)
     if lazy_maps:
         res.sources["entropy"] = entropy_fn
-        if best is None:
+        if best is None and best_fn is not None:
             res.sources["max_prob"] = best_fn
     return res
 

@@ -127,10 +127,10 @@ def match_labels(test_names: dict[int, str], ref_names: dict[int, str]) -> list[
             name = ref_names[v] if _generic(n) else n
             add(normalise_name(name) if not _generic(name) else f"label {v}", [v], [v])
     if not pairs and len(test_names) == 1 and len(ref_names) == 1:
-        (tv, tn), = test_names.items()
-        (rv, rn), = ref_names.items()
-        name = rn if not _generic(rn) else (tn if not _generic(tn) else f"label {tv}")
-        add(normalise_name(name) if not _generic(name) else name, [tv], [rv])
+        (t_only, tn), = test_names.items()
+        (r_only, rn), = ref_names.items()
+        name = rn if not _generic(rn) else (tn if not _generic(tn) else f"label {t_only}")
+        add(normalise_name(name) if not _generic(name) else name, [t_only], [r_only])
     pairs.sort(key=lambda p: _as_tuple(p[1])[0])
     return pairs
 

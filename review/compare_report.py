@@ -61,7 +61,7 @@ def key_image(volume, test_mask: np.ndarray, ref_mask: np.ndarray, z: int, path:
     ny, nx = img.shape
     sx, sy = volume.spacing[0], volume.spacing[1]
     fig = Figure(figsize=(4, 4 * (ny * sy) / (nx * sx)), dpi=100)
-    ax = fig.add_axes([0, 0, 1, 0.93])
+    ax = fig.add_axes((0, 0, 1, 0.93))
     ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect=sy / sx)
     over = np.zeros((ny, nx, 4), np.float32)
     over[t & ~r] = (1, 0.1, 0.1, 0.45)
@@ -208,7 +208,7 @@ def run_compare(image, test_path, reference_path, out_dir, names=None) -> dict:
     if not pairs:
         raise CompareError(f"no label in common: test has {sorted(test.names.values())[:12]}, reference has "
                            f"{sorted(ref.names.values())[:12]} (give --names, or sidecar JSON files)")
-    spacing_zyx = tuple(volume.spacing[::-1])
+    spacing_zyx = (float(volume.spacing[2]), float(volume.spacing[1]), float(volume.spacing[0]))
     boxes = (label_boxes(test.array), label_boxes(ref.array))
     rows = compare_labels(test.array, ref.array, spacing_zyx, pairs, volume=volume, boxes=boxes)
     dmap = disagreement_map(test.array, ref.array, pairs, boxes=boxes)

@@ -135,12 +135,14 @@ class Finding:
         """The review state (see the module docstring); empty or non-finite results are Needs review."""
         if self.not_assessed:
             return FindingStatus.NOT_ASSESSED
-        if self.problem is not None:
+        if self.problem is not None or self.confidence is None or self.threshold is None:  # problem covers both
             return FindingStatus.NEEDS_REVIEW
         if float(self.confidence) < float(self.threshold):
             return FindingStatus.NEEDS_REVIEW
         if self.kind is FindingKind.SEGMENTATION:
             return FindingStatus.AI_POSITIVE  # the organ is present and segmented: confirm it
+        if self.probability is None:  # reported by problem above; this guard is for the type checker
+            return FindingStatus.NEEDS_REVIEW
         op = DEFAULT_OPERATING_THRESHOLD if self.operating_threshold is None else float(self.operating_threshold)
         return FindingStatus.AI_POSITIVE if float(self.probability) >= op else FindingStatus.AI_NEGATIVE
 
@@ -284,7 +286,7 @@ def study_key_info(volume) -> StudyKey:
         h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
         h.update(np.round(np.r_[volume.spacing, volume.origin, np.asarray(volume.direction).ravel()], 4).tobytes())
         h.update(f"|patient:{info.patient_id}|".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(arr.data.cast("B"))  # the contiguous buffer, not a copy
         out = StudyKey("content:" + h.hexdigest()[:32],
                        "no Study Instance UID: decisions are keyed by a hash of the pixel data"
                        + (" and Patient ID" if info.patient_id else " (no Patient ID either)")

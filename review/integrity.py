@@ -28,6 +28,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal, overload
 
 __all__ = ["head_path", "read_head", "write_head", "config_dir", "audit_key", "check_head", "replay_state",
            "compare_state", "head_lock"]
@@ -40,6 +41,12 @@ def config_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir("radreview", appauthor=False))
+
+
+@overload
+def audit_key(create: Literal[True] = ...) -> bytes: ...
+@overload
+def audit_key(create: bool) -> bytes | None: ...
 
 
 def audit_key(create: bool = True) -> bytes | None:
@@ -137,7 +144,7 @@ def check_head(db: Path, count: int, last_hash: str) -> list[str]:
 # ---------------------------------------------------------------------- replay
 def replay_state(audit_rows) -> dict:
     """State the audit rows imply: decisions, sign-offs, thresholds, packages, findings hashes, runs."""
-    st = {"decisions": [], "signoffs": [], "thresholds": {}, "packages": [], "findings": {}, "runs": []}
+    st: dict[str, Any] = {"decisions": [], "signoffs": [], "thresholds": {}, "packages": [], "findings": {}, "runs": []}
     for _id, ts, actor, action, payload, _prev, _h in audit_rows:
         try:
             p = json.loads(payload)

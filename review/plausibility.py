@@ -166,10 +166,10 @@ def implausible(name: str, index: int, voxels: int, volume_ml: float, card_label
             per = (labels == index).sum(axis=(1, 2))
             frac = coverage.fraction_at(region, per)
             if frac < MIN_REGION_FRACTION:
-                where = {}
+                where: dict[str, int] = {}  # voxels of the label per body level
                 for k in np.nonzero(per)[0]:
                     where[coverage.levels[k]] = where.get(coverage.levels[k], 0) + int(per[k])
-                main = max(where, key=where.get)
+                main = max(where, key=where.__getitem__)
                 return (f"{name} is outside its body region: only {frac:.0%} of its {voxels} voxels lie at {region} levels "
                         f"(most at {main} levels); the scan shows {coverage.describe()}")
     if voxels > 0 and min_ml is not None and float(volume_ml) < float(min_ml):

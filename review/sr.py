@@ -109,7 +109,7 @@ def _model_version(model_id: str, finding: dict) -> str:
 
 
 # ---------------------------------------------------------------- images
-def read_series(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Dataset]:
+def read_series(path: str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Dataset]:
     """The image datasets of one series (folder or files), sorted along the slice normal
     (ascending Image Position (Patient) projected on the normal of Image Orientation (Patient)),
     i.e. in the ``z`` order of the viewer's ``(z, y, x)`` arrays.
@@ -178,7 +178,7 @@ def _group(f: dict, images: list[Dataset], seg: Dataset | None):
     tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=str(f["id"])[:64])
     ftype = _finding_code(str(f["name"]), str(f["kind"]))
     for_uid = str(images[0].FrameOfReferenceUID)
-    group = None
+    group: hd.sr.templates.Template | None = None
     if f["kind"] == "segmentation" and seg is not None:
         num = next((int(s.SegmentNumber) for s in seg.SegmentSequence if str(s.SegmentLabel) == str(f["name"])), None)
         if num is not None:
@@ -198,7 +198,7 @@ def _group(f: dict, images: list[Dataset], seg: Dataset | None):
             tracking_identifier=tracking, finding_type=ftype, algorithm_id=algo, measurements=ms,
             qualitative_evaluations=evals or None)
     container = group[0]
-    extra = []
+    extra: list[hd.sr.ContentItem] = []
     if review:
         extra.append(hd.sr.PnameContentItem(name=codes.DCM.PersonObserverName, value=_pn(review["reviewer"]),
                                             relationship_type=Rel.HAS_OBS_CONTEXT))

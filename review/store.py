@@ -23,7 +23,6 @@ check raises :class:`StoreTampered`. A database locked by another process raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -247,7 +246,7 @@ class ReviewStore:
         self._check_decision(study_key, decision, reviewer, addendum, reason)
         decision = Decision(decision).value
         ts = _now()
-        payload = {"study": study_key, "finding": finding_id, "decision": decision, "reason": reason or ""}
+        payload: dict[str, Any] = {"study": study_key, "finding": finding_id, "decision": decision, "reason": reason or ""}
         if addendum:
             payload["addendum"] = True
         return self._write(reviewer, "decision", payload,
@@ -268,7 +267,8 @@ class ReviewStore:
         self._check_decision(study_key, decision, reviewer, addendum, reason)
         decision = Decision(decision).value
         ts = _now()
-        payload = {"study": study_key, "findings": list(finding_ids), "decision": decision, "reason": reason or ""}
+        payload: dict[str, Any] = {"study": study_key, "findings": list(finding_ids), "decision": decision,
+                                   "reason": reason or ""}
         if addendum:
             payload["addendum"] = True
         many = [("INSERT INTO decisions (study_key, finding_id, decision, reviewer, reason, ts, addendum) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -291,7 +291,7 @@ class ReviewStore:
         """Persist a sign-off with the findings and decisions it covers (``addendum``: a re-sign-off)
         and, when given, the study's measurements (kept in the hash-chained audit row's payload)."""
         ts = _now()
-        payload = {"study": study_key, "findings": findings}
+        payload: dict[str, Any] = {"study": study_key, "findings": findings}
         if measurements is not None:
             payload["measurements"] = measurements
         if addendum:
@@ -338,7 +338,7 @@ class ReviewStore:
 
         ts = _now()
         rows = [json.dumps(f, sort_keys=True) for f in findings]
-        many = [("DELETE FROM findings WHERE study_key = ?", (study_key,))]
+        many: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM findings WHERE study_key = ?", (study_key,))]
         many += [("INSERT INTO findings (study_key, finding_id, data, ts) VALUES (?, ?, ?, ?)", (study_key, f["id"], r, ts))
                  for f, r in zip(findings, rows)]
         return self._write(actor, "ai-run", {"study": study_key, "findings": [f["id"] for f in findings],

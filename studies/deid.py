@@ -44,7 +44,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID, UID_dictionary
 
 from ._annex_e import parse
 
@@ -249,7 +249,7 @@ class Deidentifier:
         if hasattr(out, "file_meta") and out.file_meta is not None:
             fm = out.file_meta
             if "MediaStorageSOPInstanceUID" in fm:
-                fm.MediaStorageSOPInstanceUID = out.SOPInstanceUID if "SOPInstanceUID" in out else self.uid(fm.MediaStorageSOPInstanceUID)
+                fm.MediaStorageSOPInstanceUID = UID(out.SOPInstanceUID if "SOPInstanceUID" in out else self.uid(fm.MediaStorageSOPInstanceUID))
             for t in [t for t in fm.keys() if t.element in (0x0016, 0x0100, 0x0102) or t.is_private]:
                 del fm[t]  # Source AE Title and private meta: who sent it
         return out, warnings

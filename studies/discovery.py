@@ -24,7 +24,7 @@ import stat
 import tempfile
 import warnings
 import zipfile
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .geometry import GAP_SPLIT_FACTOR, StackGeometry, compute_stack_geometry, split_at_gaps
+from .geometry import GAP_SPLIT_FACTOR, StackGeometry, compute_stack_geometry, frame_plane, split_at_gaps
 from .sopclass import VOLUME_CLASSES, is_non_image, sop_class_name
 from .volume import StudyInfo
 from radreview.studies.errors import RadreviewError
@@ -164,7 +164,7 @@ class SeriesEntry:
         }
         if self.stack_label:
             d["stack"] = self.stack_label
-        if self.is_volume:
+        if self.is_volume and self.geometry is not None:  # is_volume implies a geometry; mypy cannot see it
             d.update(self.geometry.as_dict())
         return d
 
@@ -836,10 +836,9 @@ def _extract_zip(root: Path, result: ScanResult) -> list[tuple[Path, str]]:
 
 def scan(path: str | os.PathLike) -> ScanResult:
     """Scan ``path`` and return the grouped :class:`ScanResult` (see :func:`iter_scan`)."""
-    result = None
-    for _, _, result in iter_scan(path):
-        pass
-    assert result is not None
+    last = deque(iter_scan(path), maxlen=1)  # run the scan to the end, keep the final yield
+    result = last[0][2] if last else None
+    assert result is not None, "iter_scan ends with its ScanResult"
     return result
 
 
@@ -976,7 +975,7 @@ def _extract(ds, path: Path, rec: _Parsed, info_keys: set) -> None:
 
 
 def _stack_key(f: FrameRef):
-    ori = tuple(np.round(f.orientation, 3) + 0.0)
+    ori = tuple(np.round(frame_plane(f)[1], 3) + 0.0)
     return (f.stack_id, ori, f.echo_numbers, f.effective_echo_time, f.temporal)
 
 

@@ -60,6 +60,20 @@ class StackGeometry:
         }
 
 
+def frame_plane(f: "FrameRef") -> tuple[np.ndarray, np.ndarray]:
+    """``(position, orientation)`` of a frame: Image Position (Patient) ``(3,)`` in LPS mm and
+    the six direction cosines of Image Orientation (Patient) ``(6,)``.
+
+    Raises
+    ------
+    ValueError
+        The frame lacks either (discovery files such frames as 2-D images, never as a stack).
+    """
+    if f.position is None or f.orientation is None:
+        raise ValueError(f"{f.shown_path}: no Image Position/Orientation (Patient)")
+    return f.position, f.orientation
+
+
 def split_at_gaps(frames: list["FrameRef"]) -> list[list["FrameRef"]]:
     """Split frames (any order) into contiguous slabs at gaps > :data:`GAP_SPLIT_FACTOR` x median.
 
@@ -67,9 +81,9 @@ def split_at_gaps(frames: list["FrameRef"]) -> list[list["FrameRef"]]:
     """
     if len(frames) < 3:
         return [list(frames)]
-    o = np.asarray(frames[0].orientation, float)
+    o = np.asarray(frame_plane(frames[0])[1], float)
     normal = np.cross(o[:3], o[3:])
-    proj = np.array([float(np.dot(f.position, normal)) for f in frames])
+    proj = np.array([float(np.dot(frame_plane(f)[0], normal)) for f in frames])
     order = np.argsort(proj, kind="stable")
     gaps = np.diff(proj[order])
     positive = gaps[gaps > 1e-3]
@@ -97,15 +111,15 @@ def compute_stack_geometry(frames: list["FrameRef"]):
     duplicates : list of (FrameRef, reason)
         Frames at the same position as an earlier one; not used.
     """
-    f0 = frames[0]
-    row = np.asarray(f0.orientation[:3], dtype=float)
-    col = np.asarray(f0.orientation[3:], dtype=float)
+    ori0 = frame_plane(frames[0])[1]
+    row = np.asarray(ori0[:3], dtype=float)
+    col = np.asarray(ori0[3:], dtype=float)
     row /= np.linalg.norm(row)
     col /= np.linalg.norm(col)
     normal = np.cross(row, col)
     warnings: list[str] = []
 
-    proj = np.array([float(np.dot(f.position, normal)) for f in frames])
+    proj = np.array([float(np.dot(frame_plane(f)[0], normal)) for f in frames])
     order = sorted(range(len(frames)), key=lambda i: (proj[i], frames[i].instance_number or 0, frames[i].frame or 0))
     ordered: list = []
     positions: list[float] = []

@@ -318,7 +318,8 @@ def _load_rtstruct(path: Path, volume: Volume, study_path) -> ReferenceLabels:
         for sl in rt.series_data:
             i, j, k = volume.lps_to_index(np.asarray(sl.ImagePositionPatient, float))
             ks.append(int(np.rint(k)))
-        label = np.zeros(volume.array.shape, dtype=np.uint16)
+        # annotated: numpy 2.4 stubs read np.zeros(<tuple[Any, ...]>) as a 0-d array
+        label: np.ndarray = np.zeros(volume.array.shape, dtype=np.uint16)
         names: dict[int, str] = {}
         for v, name in enumerate(roi_names, start=1):
             try:

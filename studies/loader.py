@@ -15,12 +15,13 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Generator
+from typing import Callable, Generator
 
 import numpy as np
 
 from .jobs import drain
 from .discovery import FrameRef, SeriesEntry, Skipped, _NATIVE_LE
+from .geometry import StackGeometry
 from .parallel import decode_pool
 from .volume import Volume
 from radreview.studies.errors import RadreviewError
@@ -62,9 +63,8 @@ def memory_budget() -> int:
     return budget if budget is not None else 8 << 30
 
 
-def _check_fits(entry: SeriesEntry, n: int, rows: int, cols: int, dtype: np.dtype) -> None:
+def _check_fits(entry: SeriesEntry, geom: StackGeometry, n: int, rows: int, cols: int, dtype: np.dtype) -> None:
     """Refuse (``LoadError``) a volume whose arrays would not fit in memory, before allocating."""
-    geom = entry.geometry
     need = n * rows * cols * dtype.itemsize
     out_voxels = int(np.prod([int(v) for v in geom.size], dtype=np.float64))
     if geom.tilt_direction is not None or geom.resample_positions is not None:
@@ -112,8 +112,11 @@ def _native_dtype(f: FrameRef) -> np.dtype | None:
 #: JPEG 2000 transfer syntaxes (PS3.5 A.4.4: lossless only / lossy) decoded by imagecodecs.
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 
+_jpeg2k_decode: Callable[..., np.ndarray] | None
 try:  # OpenJPEG through imagecodecs releases the GIL, so frames decode in parallel on threads
-    from imagecodecs import jpeg2k_decode as _jpeg2k_decode
+    import imagecodecs
+
+    _jpeg2k_decode = imagecodecs.jpeg2k_decode
 except ImportError:  # pragma: no cover - imagecodecs is a dependency; pydicom/pylibjpeg remain the fallback
     _jpeg2k_decode = None
 
@@ -136,6 +139,8 @@ def _decode_j2k(f: FrameRef, threads: int = 1) -> np.ndarray | None:
     """
     from pydicom.encaps import get_frame
 
+    if _jpeg2k_decode is None or f.encapsulated_offset is None:
+        return None  # no imagecodecs, or no offset found at scan time: pydicom decides
     with open(f.path, "rb") as fh:
         fh.seek(f.encapsulated_offset)
         index = 0 if f.frame is None else f.frame
@@ -172,7 +177,7 @@ def decode_frame(f: FrameRef, threads: int = 1) -> np.ndarray:
         Whatever the decoder raises for corrupt data; callers turn it into a skipped frame.
     """
     dt = _native_dtype(f)
-    if dt is not None:
+    if dt is not None and f.pixel_offset is not None:  # _native_dtype checked the offset too
         arr = np.fromfile(f.path, dtype=dt, count=f.rows * f.cols, offset=f.pixel_offset)
         if arr.size != f.rows * f.cols:
             raise ValueError(f"truncated pixel data ({arr.size} of {f.rows * f.cols} pixels)")
@@ -181,11 +186,11 @@ def decode_frame(f: FrameRef, threads: int = 1) -> np.ndarray:
         return arr.reshape(f.rows, f.cols)
     if _threadable(f):
         try:
-            arr = _decode_j2k(f, threads)
+            j2k = _decode_j2k(f, threads)
         except Exception:  # noqa: BLE001 - let pydicom decode it, or raise its own error
-            arr = None
-        if arr is not None:
-            return arr
+            j2k = None
+        if j2k is not None:
+            return j2k
     from pydicom.pixels import pixel_array
 
     if f.frame is None:
@@ -251,15 +256,15 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
     LoadError
         If the entry is not an image volume or no frame could be decoded.
     """
-    if not entry.is_volume:
+    geom = entry.geometry
+    if not entry.is_volume or geom is None:
         raise LoadError(f"series {entry.series_instance_uid} ({entry.sop_class_name}) is not an image volume")
     frames = list(entry.frames)
-    geom = entry.geometry
     n = len(frames)
     mid = n // 2
     f0 = frames[0]
     out_dtype = output_dtype(frames)
-    _check_fits(entry, n, f0.rows, f0.cols, out_dtype)
+    _check_fits(entry, geom, n, f0.rows, f0.cols, out_dtype)
     try:
         vol = np.empty((n, f0.rows, f0.cols), dtype=out_dtype)
     except MemoryError:
@@ -305,7 +310,7 @@ def iter_load(entry: SeriesEntry, workers: int | None = None) -> Generator[LoadP
                         _store(vol[j], arr, frames[j])
                         ok[j] = True
                     else:
-                        fail(j, err)
+                        fail(j, err or "no error text")
                 done += len(part)
                 yield LoadProgress(done, n, "decoding")
         finally:
@@ -369,7 +374,7 @@ def _assemble(entry, geom, frames, vol, good, positions, resample_to, info, warn
 
 def _decode_many(frames: list[FrameRef]) -> list[tuple[np.ndarray | None, str | None]]:
     """Process-pool task: decode several frames, errors returned as text (picklable)."""
-    out = []
+    out: list[tuple[np.ndarray | None, str | None]] = []
     for f in frames:
         try:
             out.append((decode_frame(f), None))

@@ -61,12 +61,13 @@ def _worker_init(owner: int) -> None:
         threading.Thread(target=_watch, args=(owner,), daemon=True, name="owner-watch").start()
 
 _pool: ProcessPoolExecutor | None = None
+_pool_workers = 0  # max_workers of _pool (the executor keeps it only in a private attribute)
 _lock = threading.Lock()
 
 
 def decode_pool() -> ProcessPoolExecutor | None:
     """The shared pool, or ``None`` on a single-CPU machine (decode inline there)."""
-    global _pool
+    global _pool, _pool_workers
     n = os.cpu_count() or 1
     if n < 2 or os.environ.get("RADREVIEW_NO_PROCESS_POOL"):
         return None
@@ -76,6 +77,7 @@ def decode_pool() -> ProcessPoolExecutor | None:
             ctx = multiprocessing.get_context(method)
             _pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
                                         initargs=(os.getpid(),))
+            _pool_workers = n
         return _pool
 
 
@@ -95,7 +97,7 @@ def warm_pool() -> None:
     with _lock:
         if _warmup is None or _warmup.cancelled():
             try:
-                _warmup = [pool.submit(_noop) for _ in range(pool._max_workers)][-1]
+                _warmup = [pool.submit(_noop) for _ in range(max(_pool_workers, 1))][-1]
             except RuntimeError:  # broken or shut down
                 pass
 

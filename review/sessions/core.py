@@ -144,7 +144,7 @@ def read_truth_csv(path: str | os.PathLike) -> tuple[dict[str, int], list[tuple[
     if not rows or not {"case_id", "positive"} <= set(rows[0]):
         raise SessionError(f"{p}: needs a header with columns case_id,positive")
     truth: dict[str, int] = {}
-    lesions = []
+    lesions: list[tuple[str, float, float, float]] = []
     for i, r in enumerate(rows, start=2):
         cid = (r["case_id"] or "").strip()
         pos = (r["positive"] or "").strip()
@@ -156,7 +156,7 @@ def read_truth_csv(path: str | os.PathLike) -> tuple[dict[str, int], list[tuple[
         xyz = [(r.get(k) or "").strip() for k in ("x", "y", "z")]
         if any(xyz):
             try:
-                lesions.append((cid, *(float(v) for v in xyz)))
+                lesions.append((cid, float(xyz[0]), float(xyz[1]), float(xyz[2])))
             except ValueError:
                 raise SessionError(f"{p}, line {i}: lesion x,y,z must be numbers (LPS mm), got {xyz}") from None
     return truth, lesions
@@ -271,7 +271,7 @@ class ReadingSession:
         unknown = set(truth or {}) - set(ids) | {les[0] for les in lesions or []} - set(ids)
         if unknown:
             raise SessionError(f"truth names case(s) not in the session: {', '.join(sorted(unknown))}")
-        seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
         models = [DEFAULT_MODEL] if models is None else list(models)  # [] = a session without AI
         store = SessionDB(db, create=True)
         with store.write() as conn:
@@ -431,7 +431,7 @@ class ReadingSession:
             out.append({"reader": rd, "assigned": len(cases), "done": done,
                         "in_progress": sum(c["state"] not in ("done", "not started") for c in cases),
                         "next": next((c["case"] for c in cases if c["state"] != "done"), None), "cases": cases})
-        res = {"mode": self.mode, "question": self.question, "readers": out}
+        res: dict[str, Any] = {"mode": self.mode, "question": self.question, "readers": out}
         if reader is None:  # the coordinator's view: how far the AI run is (a count, never a value)
             res["ai_cases_done"] = len(self.cases()) - len(self.cases_without_ai())
         return res
@@ -505,7 +505,7 @@ class ReadingSession:
                 rs = self._reads_of(conn, reader, case_id)
             row = rs[phase]
             old_findings = json.loads(row.findings)
-            stamp_events = []
+            stamp_events: list[tuple[str, dict[str, Any]]] = []
             interacted = conn.execute(select(events_t.c.id).where(and_(
                 events_t.c.reader == reader, events_t.c.case_id == case_id, events_t.c.phase == phase,
                 events_t.c.kind.in_(("first_interaction",))))).first() is not None

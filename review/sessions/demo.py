@@ -169,8 +169,9 @@ def build_demo(db, data_dir=None, readers=("reader1", "reader2"), mode: str = "s
         w.writerow(["case_id", "positive", "x", "y", "z", "lesion"])
         w.writerows(truth)
     t, les = read_truth_csv(folder / "truth.csv")
-    s = ReadingSession.create(db, read_cases_csv(folder / "cases.csv"), list(readers), mode, truth=t, lesions=les, seed=seed)
-    info = {"db": s.store.name, "folder": str(folder), "cases": len(cases), "positives": sum(v for v in t.values()),
+    session = ReadingSession.create(db, read_cases_csv(folder / "cases.csv"), list(readers), mode, truth=t, lesions=les,
+                                    seed=seed)
+    info = {"db": session.store.name, "folder": str(folder), "cases": len(cases), "positives": sum(v for v in t.values()),
             "readers": list(readers), "mode": mode}
-    s.close()
+    session.close()
     return info

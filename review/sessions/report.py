@@ -25,6 +25,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def build_report(session: ReadingSession) -> dict:
     ai = {c: ai_all[c][model] for c in case_ids if model in ai_all.get(c, {})}
     thr = next((a["threshold"] for a in ai.values()), None)
     closed = [r for r in session.reads() if r.state != "open"]
-    rows = [{"reader": r.reader, "case": r.case_id, "phase": r.phase, "state": r.state, "score": r.score,
+    rows: list[dict[str, Any]] = [{"reader": r.reader, "case": r.case_id, "phase": r.phase, "state": r.state, "score": r.score,
              "positive": r.positive, "seconds": r.seconds, "findings": r.findings, "opened": r.opened_wall,
              "closed": r.closed_wall} for r in closed]
     seed = session.seed
@@ -286,7 +287,7 @@ def write_report(session: ReadingSession, out: str | os.PathLike) -> dict:
         w.writerow(["reader", "case_id", "phase", "state", "score", "positive", "truth", "ai_probability", "ai_positive",
                     "reading_seconds", "n_findings", "findings", "opened", "closed"])
         for r in rep["rows"]:
-            a = ai.get(r["case"], {}).get(model)
+            a = ai.get(r["case"], {}).get(model) if model is not None else None
             w.writerow([r["reader"], r["case"], r["phase"], r["state"], r["score"], int(r["positive"]),
                         truth.get(r["case"], ""), "" if a is None else a["probability"], "" if a is None else int(a["positive"]),
                         r["seconds"], len(r["findings"]), json.dumps(r["findings"]), r["opened"], r["closed"]])

@@ -14,7 +14,7 @@ Every error is a :class:`PacsError` whose message names the node (never its cred
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from . import dicomweb, dimse
@@ -81,7 +81,7 @@ def find_instances(node: PacsNode, study_uid: str, series_uid: str) -> list[Inst
 
 
 def iter_retrieve(node: PacsNode, study_uid: str, series_uid: str | None, out: str | Path, method: str = "auto",
-                  settings: PacsSettings | None = None, stream: bool = True) -> Iterator[RetrieveProgress]:
+                  settings: PacsSettings | None = None, stream: bool = True) -> Generator[RetrieveProgress, None, int]:
     """Retrieve a study or one series into ``out`` (``out/<Series UID>/<SOP UID>.dcm``).
 
     ``stream=True`` (a series): an instance-level query first, so the total is known and the
@@ -119,8 +119,8 @@ def store(node: PacsNode, paths: list[str | Path]) -> list[str]:
     PacsError
         A file is unreadable or the PACS refused it (file and node named).
     """
-    paths = [Path(p) for p in paths]
-    for p in paths:
+    files = [Path(p) for p in paths]
+    for p in files:
         if not p.is_file():
             raise PacsError(f"{p}: no such file")
-    return (dimse if node.kind == "dimse" else dicomweb).store(node, paths)
+    return (dimse if node.kind == "dimse" else dicomweb).store(node, files)

@@ -10,7 +10,7 @@ transfer syntax the PACS stores (``transfer-syntax=*``), so nothing is transcode
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,10 +49,11 @@ def _errors(node: PacsNode, what: str):
     try:
         yield
     except requests.exceptions.HTTPError as exc:
-        code = exc.response.status_code if exc.response is not None else "?"
+        code: int | str = exc.response.status_code if exc.response is not None else "?"
         reason = exc.response.reason if exc.response is not None else ""
-        hint = {401: " (authentication required or wrong credentials)", 403: " (not allowed for this user)",
-                404: " (not found on the PACS)"}.get(code, "")
+        hints: dict[int | str, str] = {401: " (authentication required or wrong credentials)",
+                                       403: " (not allowed for this user)", 404: " (not found on the PACS)"}
+        hint = hints.get(code, "")
         raise PacsError(f"{node.label()}: {what} failed: HTTP {code} {reason}{hint}") from None
     except requests.exceptions.Timeout:
         raise PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s") from None
@@ -127,7 +128,7 @@ def find_instances(node: PacsNode, study_uid: str, series_uid: str) -> list[Inst
         pos = ds.get("ImagePositionPatient", None)
         num = ds.get("InstanceNumber", None)
         out.append(InstanceResult(_s(ds, "SOPInstanceUID"), _s(ds, "SOPClassUID"), int(num) if num not in (None, "") else None,
-                                  tuple(float(v) for v in pos) if pos and len(pos) == 3 else None))
+                                  (float(pos[0]), float(pos[1]), float(pos[2])) if pos and len(pos) == 3 else None))
     return out
 
 
@@ -171,7 +172,7 @@ def _iter_series_raw(c, node: PacsNode, study_uid: str, series_uid: str) -> Iter
 
 
 def iter_retrieve(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
-                  instances: list[InstanceResult] | None = None) -> Iterator[RetrieveProgress]:
+                  instances: list[InstanceResult] | None = None) -> Generator[RetrieveProgress, None, int]:
     """WADO-RS a series (streamed multipart, one progress per instance) or a whole study
     (series by series). With ``instances`` the middle one is fetched first so it can be shown
     at once. Returns the number of instances written."""

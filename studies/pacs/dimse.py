@@ -16,7 +16,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -238,7 +239,7 @@ def find_instances(node: PacsNode, study_uid: str, series_uid: str) -> list[Inst
         pos = ds.get("ImagePositionPatient", None)
         num = ds.get("InstanceNumber", None)
         out.append(InstanceResult(_s(ds, "SOPInstanceUID"), _s(ds, "SOPClassUID"), int(num) if num not in (None, "") else None,
-                                  tuple(float(v) for v in pos) if pos and len(pos) == 3 else None))
+                                  (float(pos[0]), float(pos[1]), float(pos[2])) if pos and len(pos) == 3 else None))
     return out
 
 
@@ -299,25 +300,34 @@ def _storage_roles(ae):
     return roles
 
 
-def _drain(rx: _Receiver, state: dict, middle_uid: str | None, total: int | None) -> Iterator[RetrieveProgress]:
+@dataclass
+class _DrainState:
+    """What one retrieve has received so far (shared by the IMAGE- and SERIES-level requests)."""
+
+    seen: set[str] = field(default_factory=set)
+    done: int = 0
+    middle_sent: bool = False
+
+
+def _drain(rx: _Receiver, state: _DrainState, middle_uid: str | None, total: int | None) -> Iterator[RetrieveProgress]:
     while True:
         try:
             sop, path, n = rx.files.get_nowait()
         except queue.Empty:
             return
-        if sop in state["seen"]:
+        if sop in state.seen:
             continue
-        state["seen"].add(sop)
-        state["done"] += 1
+        state.seen.add(sop)
+        state.done += 1
         mid = None
-        if not state["middle_sent"] and (middle_uid is None or sop == middle_uid):
-            state["middle_sent"] = True
+        if not state.middle_sent and (middle_uid is None or sop == middle_uid):
+            state.middle_sent = True
             mid = path
-        yield RetrieveProgress(state["done"], total, path, mid, n)
+        yield RetrieveProgress(state.done, total, path, mid, n)
 
 
 def iter_get(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
-             instances: list[InstanceResult] | None = None) -> Iterator[RetrieveProgress]:
+             instances: list[InstanceResult] | None = None) -> Generator[RetrieveProgress, None, int]:
     """C-GET a study or series into ``out`` (one folder per series). With ``instances`` (from
     :func:`find_instances`) the middle instance is fetched first (IMAGE-level C-GET) so it can be
     shown at once; then the rest. Returns the number of instances received.
@@ -336,7 +346,7 @@ def iter_get(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
     assoc = _associate(node, ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, rx.handle)])
     total = len(instances) if instances is not None else None
     mid = middle_instance(instances) if instances else None
-    state = {"seen": set(), "done": 0, "middle_sent": False}
+    state = _DrainState()
     try:
         requests = []
         if mid is not None and series_uid:
@@ -361,15 +371,15 @@ def iter_get(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
         yield from _drain(rx, state, None, total)
     finally:
         if assoc.is_established:
-            if state["done"] and (total is None or state["done"] >= total):
+            if state.done and (total is None or state.done >= total):
                 assoc.release()
             else:
                 assoc.abort()  # cancelled or failed midway
-    return state["done"]
+    return state.done
 
 
 def iter_move(node: PacsNode, study_uid: str, series_uid: str | None, out: Path, scp_ae_title: str,
-              scp_port: int, instances: list[InstanceResult] | None = None) -> Iterator[RetrieveProgress]:
+              scp_port: int, instances: list[InstanceResult] | None = None) -> Generator[RetrieveProgress, None, int]:
     """C-MOVE to our own storage SCP (``scp_ae_title`` on ``scp_port``, started for this
     retrieve and stopped after). The PACS must know that AE title as a move destination.
 
@@ -395,7 +405,7 @@ def iter_move(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
         assoc = _associate(node, ae)
         total = len(instances) if instances is not None else None
         mid = middle_instance(instances) if instances else None
-        state = {"seen": set(), "done": 0, "middle_sent": False}
+        state = _DrainState()
         try:
             requests = []
             if mid is not None and series_uid:
@@ -415,10 +425,10 @@ def iter_move(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
             yield from _drain(rx, state, None, total)
         finally:
             if assoc.is_established:
-                assoc.release() if state["done"] else assoc.abort()
+                assoc.release() if state.done else assoc.abort()
     finally:
         server.shutdown()
-    return state["done"]
+    return state.done
 
 
 def store(node: PacsNode, paths: list[Path]) -> list[str]:

@@ -69,7 +69,7 @@ class PacsNode:
             if parts.username is not None or parts.password is not None:
                 # credentials in the URL move to the node, so no message or log line shows them
                 self.auth, self.username, self.password = "basic", unquote(parts.username or ""), unquote(parts.password or "")
-                host = parts.hostname + (f":{parts.port}" if parts.port else "")
+                host = parts.netloc.rpartition("@")[2]  # as written: keeps the port and IPv6 brackets
                 self.url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
         else:
             for what, val in (("AE title", self.ae_title), ("calling AE title", self.calling_ae)):

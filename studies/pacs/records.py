@@ -92,12 +92,14 @@ def middle_instance(instances: list[InstanceResult]) -> InstanceResult | None:
     dominant axis when every instance has one, else by Instance Number, else as listed."""
     if not instances:
         return None
-    if all(i.position is not None for i in instances):
-        spread = [max(i.position[a] for i in instances) - min(i.position[a] for i in instances) for a in range(3)]
+    pts = [i.position for i in instances if i.position is not None]
+    nums = [i.number for i in instances if i.number is not None]
+    if len(pts) == len(instances):
+        spread = [max(p[a] for p in pts) - min(p[a] for p in pts) for a in range(3)]
         axis = spread.index(max(spread))
-        ordered = sorted(instances, key=lambda i: i.position[axis])
-    elif all(i.number is not None for i in instances):
-        ordered = sorted(instances, key=lambda i: i.number)
+        ordered = [i for _, i in sorted(zip((p[axis] for p in pts), instances), key=lambda t: t[0])]
+    elif len(nums) == len(instances):
+        ordered = [i for _, i in sorted(zip(nums, instances), key=lambda t: t[0])]
     else:
         ordered = list(instances)
     return ordered[len(ordered) // 2]

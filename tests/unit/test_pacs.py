@@ -68,6 +68,17 @@ def test_middle_instance_by_position():
 
     inst = [InstanceResult(f"1.{k}", number=100 - k, position=(0.0, 0.0, float(-k * 2))) for k in range(9)]
     assert middle_instance(inst).sop_instance_uid == "1.4"
+    by_number = [InstanceResult(f"2.{k}", number=n) for k, n in enumerate([5, 1, 3, 2, 4])]
+    assert middle_instance(by_number).sop_instance_uid == "2.2"  # number 3 of 1..5
+
+
+def test_credentials_in_url_move_to_node_keeping_host_as_written():
+    """The host part stays as written: an IPv6 literal keeps its brackets, the port stays."""
+    n = PacsNode("v6", "dicomweb", url="http://alice:p%40ss@[::1]:8042/dicom-web/")
+    assert (n.auth, n.username, n.password) == ("basic", "alice", "p@ss")
+    assert n.url == "http://[::1]:8042/dicom-web"
+    n = PacsNode("v4", "dicomweb", url="https://bob:pw@pacs.example/dicom-web")
+    assert n.url == "https://pacs.example/dicom-web" and n.username == "bob"
 
 
 # ---------------------------------------------------------------- DIMSE

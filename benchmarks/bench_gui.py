@@ -12,9 +12,12 @@ layout with the 3D view, a 1800x1100 window:
 2. **Run AI** (all models that fit, INT8): wall time, and the longest stall from the worker's
    result until everything (overlays, findings, markers, 3D surfaces) is drawn plus 1 s;
 3. **scroll** with segmentation overlay, markers and a heatmap (the organ model's voxel
-   entropy drawn as an uncertainty heatmap) on: per-step time of one axial slice step
-   (model update, every view re-drawn), p50/p95 wall and p50 CPU time of this process (the
-   machine may be shared), 3D cursor hidden (the default) and shown.
+   entropy drawn as an uncertainty heatmap) on: per-step time of one axial slice step (model
+   update and every render the step triggers in that event-loop turn), p50/p95 wall and p50
+   CPU time of this process (the machine may be shared), 3D cursor hidden (the default) and
+   shown, and the time from the last step until the linked views have drawn their crosshair
+   (on llvmpipe they re-render when the scroll pauses, see viewer/_qt/views.py); plus the same
+   with the linked views forced to render on every step ("linked_views_live"), for comparison.
 
 A stall is the longest gap between ticks of a 2 ms ``QTimer`` on the GUI thread (how long the
 window could not react). Prints one JSON object.
@@ -137,20 +140,37 @@ def run(series: Path, steps: int = 60) -> dict:
             cpu.append(time.process_time() - c)
         return times, cpu
 
+    from radreview.viewer._qt import views as views_mod
+
+    def settle_s() -> float:
+        """Seconds from the last step until every linked view has rendered its crosshair."""
+        t = time.perf_counter()
+        while any(v._settle_since is not None for v in win.views.values()) and time.perf_counter() - t < 5.0:
+            app.processEvents()
+            time.sleep(0.001)
+        return time.perf_counter() - t
+
     out["scroll"] = {}
-    for label, shown in (("cursor3d_hidden", False), ("cursor3d_shown", True)):
+    slow = views_mod.SLOW_RENDER_MS
+    for label, shown, live in (("cursor3d_hidden", False, False), ("cursor3d_shown", True, False),
+                               ("cursor3d_hidden_linked_views_live", False, True)):
         if hasattr(win.view3d, "set_cursor_shown"):
             win.view3d.set_cursor_shown(shown)
+        views_mod.SLOW_RENDER_MS = float("inf") if live else slow  # live: every view renders every step
         pump(app, 0.3)
         scroll_times(5)  # warm-up
+        pump(app, 0.3)
         t0 = time.perf_counter()
         ts, cpu = (np.array(x) * 1000 for x in scroll_times(steps))
+        settled = settle_s()
         pump(app, 0.5)  # a deferred 3D render (cursor shown) counts in the stall below
         out["scroll"][label] = {"p50_ms": round(float(np.percentile(ts, 50)), 1),
                                 "p95_ms": round(float(np.percentile(ts, 95)), 1),
                                 "max_ms": round(float(ts.max()), 1),
                                 "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 1),
+                                "linked_views_settled_after_last_step_s": round(settled, 3),
                                 "longest_stall_s": round(meter.longest(t0, time.perf_counter()), 3)}
+    views_mod.SLOW_RENDER_MS = slow
     out["load_average_1min"] = round(os.getloadavg()[0], 2)
     out["cpu_cores"] = os.cpu_count()
     win.close()

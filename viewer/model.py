@@ -264,6 +264,7 @@ class ViewerModel:
         self.overlays_changed = _Emitter()  # the set of overlays or their shown state changed
         self.overlay_changed = _Emitter()  # overlay_changed(name): one evented overlay's look changed
         self._overlay_cbs: dict[str, tuple[object, Callable]] = {}
+        self.cursor_source: str | None = None  # plane whose scroll/click moved the cursor last
         self.overlays: dict[str, object] = {}  # name -> object with compose(rgb, mapping, index)
         self.overlays_shown = True  # O toggles every overlay
         self.heatmaps_shown = True  # H toggles heatmaps (overlays whose ``kind`` is "heatmap")
@@ -379,8 +380,14 @@ class ViewerModel:
         self.set_window(*presets[name], preset=name)
 
     # ------------------------------------------------------------------ cursor
-    def set_cursor(self, lps) -> None:
-        """Move the linked cursor to an LPS point (mm), clamped to the volume's extent."""
+    def set_cursor(self, lps, source: str | None = None) -> None:
+        """Move the linked cursor to an LPS point (mm), clamped to the volume's extent.
+
+        ``source`` is the plane whose interaction moved it (a scroll or a click in that view),
+        ``None`` for a jump from a panel; kept in :attr:`cursor_source` so linked views can tell
+        "my slice follows a scroll elsewhere" from "jump here".
+        """
+        self.cursor_source = source
         lps = np.asarray(lps, dtype=float)
         if self.volume is not None:
             ijk = self.volume.lps_to_index(lps)
@@ -413,7 +420,7 @@ class ViewerModel:
         m = self.mappings[plane]
         ijk = self.lps_to_index(self.cursor)
         ijk[m.normal_axis] = np.clip(np.rint(ijk[m.normal_axis]) + steps, 0, m.n_slices - 1)
-        self.set_cursor(self.volume.index_to_lps(ijk))
+        self.set_cursor(self.volume.index_to_lps(ijk), source=plane)
 
     def screen_to_lps(self, plane: str, row: float, col: float) -> np.ndarray:
         """LPS (mm) of screen pixel ``(row, col)`` on the current ``plane`` slice."""

@@ -182,7 +182,8 @@ class LabelOverlay(Evented):
 
 def _blend(block: np.ndarray, col: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``block * (1 - a) + col * a`` for uint8 RGB ``(r, c, 3)`` and alpha ``(r, c)`` in 0..1,
-    in 8-bit fixed point (uint16 arithmetic: several times faster than float32 here)."""
+    in 8-bit fixed point (uint16 arithmetic: several times faster than float32 here; blending
+    only the pixels with ``a > 0`` by boolean indexing was measured slower above ~15 % cover)."""
     w = np.rint(a * 256).astype(np.uint16)[..., None]
     out = block.astype(np.uint16) * (256 - w)
     out += col.astype(np.uint16) * w

@@ -289,3 +289,42 @@ def test_cyclic_garbage_is_collected_on_the_gui_thread_only(window, qtbot):
     junk = [[] for _ in range(gc.get_threshold()[0] + 100)]  # past the generation-0 threshold
     qtbot.waitUntil(lambda: ref() is None, timeout=5000)
     del junk
+
+
+def test_linked_crosshair_render_deferred_only_on_slow_renderer(window, qtbot):
+    """A scroll in axial moves only the crosshair in coronal: on a slow renderer that view
+    renders when the scroll pauses (its scene is updated at once); a panel jump renders now."""
+    from radreview.viewer._qt import views as V
+    from radreview.viewer._qt.views import grab_pixels
+
+    cor = window.views["coronal"]
+    cor.render_now()
+    renders = []
+    orig = cor.GetRenderWindow().Render
+    cor.GetRenderWindow().Render = lambda: (renders.append(1), orig())[1]  # noqa: B023
+    try:
+        cor._render_ms = V.SLOW_RENDER_MS * 4  # as measured on llvmpipe
+        window.model.scroll("axial", 1)
+        qtbot.wait(10)
+        assert renders == [] and cor._settle_since is not None  # deferred
+        qtbot.waitUntil(lambda: cor._settle_since is None, timeout=2000)
+        qtbot.wait(20)
+        assert len(renders) >= 1  # caught up after the pause
+        k0 = window.model.slice_index("coronal")
+        before = grab_pixels(cor)
+        window.model.scroll("axial", 3)  # not yet rendered, but a grab shows the new position
+        assert window.model.slice_index("coronal") == k0
+        assert not np.array_equal(grab_pixels(cor), before)
+        n = len(renders)
+        window.model.set_cursor(window.model.cursor)  # a jump from a panel (no source view)
+        qtbot.wait(10)
+        assert len(renders) > n
+        cor._render_ms = 1.0  # a GPU: linked views render on every step
+        cor._settled()
+        qtbot.wait(10)
+        n = len(renders)
+        window.model.scroll("axial", -1)
+        qtbot.wait(10)
+        assert len(renders) > n and cor._settle_since is None
+    finally:
+        cor.GetRenderWindow().Render = orig

@@ -262,7 +262,7 @@ class StudySession:
         """
         review = self._need_review()
         addendum = self.addendum_reason is not None
-        if addendum:
+        if self.addendum_reason is not None:
             reason = self.addendum_reason + (f" — {reason}" if reason else "")
         return review.decide(finding, decision, reviewer, reason, addendum=addendum)
 

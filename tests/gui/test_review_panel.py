@@ -156,3 +156,54 @@ def test_explanation_toggle_shows_heatmap(window, qtbot):
     assert (near == 3).any()
     panel.explain.setChecked(False)
     assert HEATMAP not in window.model.overlays
+
+
+def test_explanation_progress_cancel_then_run(window, qtbot):
+    run_ai(window, qtbot)
+    panel = window.review_panel
+    panel.select("ct-organs-2p5d:liver")
+    assert not panel.explain_cancel_b.isEnabled() and not panel.explain_progress.isVisible()
+    ready = []
+    panel.explanation_ready.connect(ready.append)
+    panel.explain.setChecked(True)  # starts Grad-CAM on the worker
+    assert panel.explaining and panel.explain_cancel_b.isEnabled() and panel.explain_progress.isVisible()
+    assert not panel.explain.isEnabled()  # locked while it runs
+    worker = panel._worker
+    with qtbot.waitSignal(panel.explanation_cancelled):
+        qtbot.mouseClick(panel.explain_cancel_b, Qt.LeftButton)
+    # idle at once: Cancel off, progress hidden, the check box free and cleared
+    assert not panel.explaining and not panel.explain_cancel_b.isEnabled() and not panel.explain_progress.isVisible()
+    assert panel.explain.isEnabled() and not panel.explain.isChecked()
+    assert "cancelled" in panel.message.text()
+    # the cancelled job ends (aborted between steps, or its step under way finishes) without a heatmap
+    qtbot.waitUntil(lambda: worker.abort_requested and not worker.is_running, timeout=120000)
+    qtbot.wait(200)  # let its last queued signal reach the panel
+    assert HEATMAP not in window.model.overlays and not ready
+    # a normal run afterwards: progress steps, then the heatmap is added and the controls go idle
+    with qtbot.waitSignal(panel.explanation_ready, timeout=120000):
+        panel.explain.setChecked(True)
+        assert panel.explain_progress.maximum() == 0  # busy indicator until the first step arrives
+    assert HEATMAP in window.model.overlays and ready
+    assert panel.explain_progress.maximum() >= 1  # the worker's ("explain", done, total) steps reached the bar
+    assert not panel.explaining and not panel.explain_cancel_b.isEnabled() and not panel.explain_progress.isVisible()
+    assert panel.explain.isEnabled() and panel.explain.isChecked()
+
+
+def test_panel_sign_off_carries_saved_measurements(window, qtbot):
+    run_ai(window, qtbot)
+    panel = window.review_panel
+    panel.reviewer.setText("dr m")
+    key = study_key(window.model.volume)
+    ruler = {"id": "m1", "kind": "ruler", "points_lps": [[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], "values": {"length_mm": 5.0}}
+    panel.store.save_measurements(key, [ruler], "dr m")
+    for f in panel.session.pending():
+        if f.status is FindingStatus.NEEDS_REVIEW:
+            panel.select(f.id)
+            with qtbot.waitSignal(panel.decision_saved):
+                qtbot.mouseClick(panel.accept_b, Qt.LeftButton)
+    panel.confirm_all_positives()
+    with qtbot.waitSignal(panel.signed_off):
+        qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
+    row = next(r for r in reversed(ReviewStore().audit_rows()) if r[3] == "sign-off")
+    assert json.loads(row[4])["measurements"] == [ruler]  # the panel signs off through StudySession
+    assert panel.study.as_dict()["measurements"] == [ruler] and panel.state_label.text().startswith("Signed off by dr m")

@@ -1,6 +1,8 @@
 """Review panel: the four finding states, decisions, sign-off and addenda, thresholds, explanations.
 
-Thin Qt over :class:`review.findings.ReviewSession` (all rules live there). Every decision,
+Thin Qt over :class:`radreview.review.workstation.StudySession` (all rules live there and in
+:class:`radreview.review.findings.ReviewSession`; ``radreview review`` drives the same object):
+the panel keeps widgets and signal wiring only, as 3D Slicer's Widget/Logic split does. Every decision,
 threshold change and sign-off goes through the store (SQLite, audit-logged) before the UI says
 it is saved.
 
@@ -16,23 +18,26 @@ it is saved.
 * Reopening a study restores its findings, decisions, sign-off and the last run's outputs
   (``run_restored`` carries them for the AI panel); the reviewer name is remembered per
   workstation user.
+* "Show explanation (Grad-CAM)" computes on a worker with a progress bar and a Cancel button;
+  a cancelled explanation adds no heatmap, and the controls return to idle.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QCheckBox, QDoubleSpinBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QPushButton, QTableWidget,
+    QCheckBox, QDoubleSpinBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from radreview.review.findings import (
-    Finding, FindingStatus, PackageChanged, ReviewSession, SignOffRefused, StudyLocked, study_key_info,
-)
-from radreview.review.runs import RunChanged
+from radreview.review.findings import Finding, FindingStatus, PackageChanged, ReviewSession, SignOffRefused, StudyLocked
 from radreview.review.settings import remember_reviewer, remembered_reviewer
 from radreview.review.store import ReviewStore, StoreCorrupt, StoreLocked
+from radreview.review.workstation import StudySession
 
 from ..model import ViewerModel
 from ..overlay import HeatmapOverlay
@@ -54,7 +59,7 @@ class ReviewPanel(QWidget):
     """Emits ``decision_saved(id)``, ``signed_off(ts)``, ``signoff_refused(list[str])``,
     ``pending_changed(int)``, ``positives_confirmed(list[str])``, ``run_restored(dict)`` (model id
     -> :class:`radreview.review.runs.SavedRun`), ``explanation_ready(Explanation)``,
-    ``explanation_failed(str)``."""
+    ``explanation_failed(str)``, ``explanation_cancelled()``."""
 
     decision_saved = Signal(str)
     signed_off = Signal(str)
@@ -64,23 +69,22 @@ class ReviewPanel(QWidget):
     run_restored = Signal(object)
     explanation_ready = Signal(object)
     explanation_failed = Signal(str)
+    explanation_cancelled = Signal()
     COLUMNS = ["Finding", "Status", "Answer", "Confidence", "Threshold", "Decision"]
     STATUS_COL, DECISION_COL = 1, 5
 
     def __init__(self, model: ViewerModel, parent=None) -> None:
         super().__init__(parent)
         self.model = model
-        self.session: ReviewSession | None = None
-        self.run = None
-        self.saved_runs: dict = {}
         self.store: ReviewStore | None = None
         self.store_error = ""
-        self._addendum_reason: str | None = None
         self._rows: list[Finding] = []
         try:
             self.store = ReviewStore()
         except (StoreCorrupt, StoreLocked) as exc:  # reported, never replaced
             self.store_error = str(exc)
+        #: the GUI-free session logic (``None`` without a usable store)
+        self.study: StudySession | None = StudySession(self.store) if self.store is not None else None
         self.reviewer = QLineEdit(remembered_reviewer())
         self.reviewer.setPlaceholderText("Reviewer name")
         self.reason = QLineEdit()
@@ -115,6 +119,10 @@ class ReviewPanel(QWidget):
         self.heat_opacity.setRange(0.0, 1.0)
         self.heat_opacity.setSingleStep(0.1)
         self.heat_opacity.setValue(0.5)
+        self.explain_progress = QProgressBar()  # Grad-CAM steps (explain_worker yields ("explain", done, total))
+        self.explain_progress.setVisible(False)
+        self.explain_cancel_b = QPushButton("Cancel Grad-CAM")
+        self.explain_cancel_b.setEnabled(False)
         self.message = QLabel(self.store_error)
         self.message.setWordWrap(True)
         row1 = QHBoxLayout()
@@ -129,6 +137,9 @@ class ReviewPanel(QWidget):
         row3.addWidget(self.cutoff)
         row3.addWidget(QLabel("opacity"))
         row3.addWidget(self.heat_opacity)
+        row3b = QHBoxLayout()
+        row3b.addWidget(self.explain_progress, 1)
+        row3b.addWidget(self.explain_cancel_b)
         row4 = QHBoxLayout()
         row4.addWidget(self.confirm_all_b)
         row4.addWidget(self.threshold_b)
@@ -146,6 +157,7 @@ class ReviewPanel(QWidget):
         lay.addLayout(row2)
         lay.addLayout(row4)
         lay.addLayout(row3)
+        lay.addLayout(row3b)
         lay.addLayout(row5)
         lay.addWidget(self.state_label)
         lay.addWidget(self.message)
@@ -157,13 +169,14 @@ class ReviewPanel(QWidget):
         self.signoff_b.clicked.connect(self.sign_off)
         self.threshold_b.clicked.connect(self._ask_threshold)
         self.explain.toggled.connect(self._explain_toggled)
+        self.explain_cancel_b.clicked.connect(self.cancel_explanation)
         self.cutoff.valueChanged.connect(self._cutoff_changed)
         self.heat_opacity.valueChanged.connect(self._cutoff_changed)
         self.table.cellClicked.connect(self._row_clicked)
         # keys on the table only (an event filter: works without window activation, e.g. under a
         # bare X server, and typing a name or reason in the line edits never triggers them)
         self.table.installEventFilter(self)
-        self._worker = None
+        self._worker: Any = None  # the running explain_worker (superqt GeneratorWorker) or None
         model.volume_changed.connect(self._volume_changed)
         self._refresh()
 
@@ -187,62 +200,61 @@ class ReviewPanel(QWidget):
         return True
 
     # ------------------------------------------------------------------ session
+    @property
+    def session(self) -> ReviewSession | None:
+        """The study's :class:`ReviewSession` (``None`` while it has no findings)."""
+        return self.study.review if self.study else None
+
+    @property
+    def run(self):
+        """The AI run adopted in this session (``None`` for a restored study)."""
+        return self.study.run if self.study else None
+
+    @property
+    def saved_runs(self) -> dict:
+        """Model id -> :class:`radreview.review.runs.SavedRun` restored on reopen."""
+        return self.study.saved_runs if self.study else {}
+
     def _volume_changed(self, vol) -> None:
         """A new study: restore its stored findings, decisions and last run outputs (if any)."""
-        from radreview.viewer.workflow import restore_last_run
-
-        self.run = None
-        self.saved_runs = {}
-        self._addendum_reason = None
         self.explain.setChecked(False)
         self.message.setText(self.store_error)
-        if self.store is None or vol is None or vol.size[2] < 2:
-            self.session = None
+        if self.study is None or vol is None or vol.size[2] < 2:
+            if self.study is not None:
+                self.study.close_study()
             self._refresh()
             return
-        k = study_key_info(vol)
-        try:
-            saved, runs = restore_last_run(self.store, vol)
-        except RunChanged as exc:
-            saved, runs = [], {}
-            self.message.setText(f"Last run not restored: {exc}")
-            from radreview.review.findings import finding_from_dict
-
-            saved = [finding_from_dict(d) for d in self.store.load_findings(k.key)]
-        self.session = ReviewSession(self.store, k.key, saved, k.weak) if saved else None
-        self.saved_runs = runs
+        self.study.open_study(vol)
+        if self.study.message:  # e.g. a saved run file failed its SHA-256
+            self.message.setText(self.study.message)
         self._refresh()
-        if runs:
-            self.run_restored.emit(runs)
+        if self.study.saved_runs:
+            self.run_restored.emit(self.study.saved_runs)
 
     def set_run(self, run) -> None:
         """Findings of a new AI run; stored (findings and run outputs) so reopening restores them.
 
         A changed model package for a study already reviewed under another is refused (message).
         """
-        from radreview.viewer.workflow import open_session, save_ai_run
+        from radreview.viewer.workflow import save_ai_run
 
-        if self.store is None:
+        if self.study is None:
             self.message.setText(self.store_error)
             return
         actor = self.reviewer.text().strip() or "radreview"
         try:
-            session = open_session(self.store, self.model.volume, run.findings, run.package_hashes(), actor)
-            save_ai_run(self.store, session, run, actor)
+            self.study.adopt_run(self.model.volume, run, actor, persist=save_ai_run)
         except PackageChanged as exc:
             self.message.setText(f"AI run not used: {exc}")
             return
         except StoreLocked as exc:
             self.message.setText(str(exc))
             return
-        self.run = run
-        self.session = session
-        self._addendum_reason = None
         self._refresh()
 
     def findings(self) -> list[Finding]:
         """Every finding of the session (Not assessed ones included)."""
-        return list(self.session.findings.values()) if self.session else []
+        return self.study.findings() if self.study else []
 
     def rows(self) -> list[Finding]:
         """The findings shown as table rows (all but Not assessed), in row order."""
@@ -250,23 +262,17 @@ class ReviewPanel(QWidget):
 
     def pending_summary(self) -> str:
         """E.g. ``"3 finding(s) need a decision before sign-off: 1 Needs review, 2 AI positive"``."""
-        pend = self.session.pending() if self.session else []
-        if not pend:
-            return ""
-        nr = sum(f.status is FindingStatus.NEEDS_REVIEW for f in pend)
-        return (f"{len(pend)} finding(s) need a decision before sign-off: {nr} Needs review (low confidence), "
-                f"{len(pend) - nr} AI positive")
+        return self.study.pending_summary() if self.study else ""
 
     def _refresh(self) -> None:
-        fs = self.findings()
-        decisions = self.session.decisions if self.session else {}
-        self._rows = [f for f in fs if f.status is not FindingStatus.NOT_ASSESSED]
+        study = self.study
+        decisions = study.decisions() if study else {}
+        self._rows = study.assessed() if study else []
         self.table.setRowCount(len(self._rows))
         for r, f in enumerate(self._rows):
-            d = decisions.get(f.id, {})
-            dec = d.get("decision", "") + (" (addendum)" if d.get("addendum") else "")
+            d = decisions.get(f.id)
             items = [f.id, f.status.label, f.answer, "n/a" if f.confidence is None else f"{f.confidence:.3f}",
-                     "—" if f.threshold is None else f"{f.threshold:.2f}", dec]
+                     "—" if f.threshold is None else f"{f.threshold:.2f}", "" if d is None else d.label]
             for c, text in enumerate(items):
                 it = QTableWidgetItem(text)
                 it.setBackground(STATUS_COLORS[f.status])
@@ -274,30 +280,21 @@ class ReviewPanel(QWidget):
                 self.table.setItem(r, c, it)
         self.table.resizeColumnsToContents()
         self.not_assessed.clear()
-        for f in fs:
-            if f.status is FindingStatus.NOT_ASSESSED:
-                self.not_assessed.addItem(f"{f.name} — {f.reason}")
-        answers = [f.answer for f in fs if f.kind == "classification"]
-        self.answer_label.setText("\n".join(answers))
+        for f in study.not_assessed() if study else []:
+            self.not_assessed.addItem(f"{f.name} — {f.reason}")
+        self.answer_label.setText("\n".join(study.answers()) if study else "")
         if self.session and self.session.key_warning:
             self.key_label.setText(f"\u26a0 Weak study key: {self.session.key_warning}")
             self.key_label.setStyleSheet("color:#8a5300;")
         else:
             self.key_label.setText("")
-        locked = bool(self.session and self.session.locked)
-        editable = self.session is not None and (not locked or self._addendum_reason is not None)
+        locked = bool(study and study.locked)
+        editable = bool(study and study.editable)
         for b in (self.accept_b, self.reject_b, self.edit_b, self.confirm_all_b):
             b.setEnabled(editable)
-        self.addendum_b.setEnabled(locked and self._addendum_reason is None)
-        state = self.session.state() if self.session else ""
-        if locked:
-            so = self.session.signed_off()[-1]
-            self.state_label.setText(f"Signed off by {so['reviewer']} at {so['ts']}"
-                                     + (" — addendum pending sign-off" if state.startswith("addendum") else " (read-only)"))
-        else:
-            self.state_label.setText("")
-        pending = len(self.session.pending()) if self.session else 0
-        self.pending_changed.emit(pending)
+        self.addendum_b.setEnabled(locked and study is not None and study.addendum_reason is None)
+        self.state_label.setText(study.state_text() if study else "")
+        self.pending_changed.emit(len(study.pending()) if study else 0)
 
     def selected(self) -> Finding | None:
         rows = self.table.selectionModel().selectedRows()
@@ -312,22 +309,17 @@ class ReviewPanel(QWidget):
 
     def next_pending(self, step: int = 1) -> Finding | None:
         """Select the next (``step`` +1) or previous (-1) finding still needing a decision, wrapping."""
-        if self.session is None:
-            return None
-        pend = {f.id for f in self.session.pending()}
-        if not pend:
-            self.message.setText("No finding needs a decision")
+        if self.study is None or self.session is None:
             return None
         cur = self.selected()
-        n = len(self._rows)
-        start = self._rows.index(cur) if cur in self._rows else (-1 if step > 0 else n)
-        for i in range(1, n + 1):
-            r = (start + step * i) % n
-            if self._rows[r].id in pend:
-                self.table.selectRow(r)
-                self._row_clicked(r, 0)
-                return self._rows[r]
-        return None
+        f = self.study.next_pending(cur.id if cur else None, step)
+        if f is None:
+            self.message.setText("No finding needs a decision")
+            return None
+        r = [x.id for x in self._rows].index(f.id)
+        self.table.selectRow(r)
+        self._row_clicked(r, 0)
+        return self._rows[r]
 
     # ------------------------------------------------------------------ actions
     def _reviewer(self) -> str:
@@ -338,15 +330,12 @@ class ReviewPanel(QWidget):
 
     def decide_selected(self, decision: str) -> None:
         f = self.selected()
-        if f is None or self.session is None:
+        if f is None or self.study is None or self.session is None:
             self.message.setText("Select a finding first")
             return
-        addendum = self._addendum_reason is not None
-        reason = self.reason.text().strip() or None
-        if addendum:
-            reason = self._addendum_reason + (f" — {reason}" if reason else "")
+        addendum = self.study.addendum_reason is not None  # the reason is prefixed by StudySession.decide
         try:
-            ts = self.session.decide(f.id, decision, self._reviewer(), reason, addendum=addendum)
+            ts = self.study.decide(f.id, decision, self._reviewer(), self.reason.text().strip() or None)
         except StudyLocked as exc:
             self.message.setText(f"{exc} (use Addendum…)")
             return
@@ -366,13 +355,11 @@ class ReviewPanel(QWidget):
 
     def confirm_all_positives(self) -> list[str]:
         """Accept every undecided AI positive finding (one explicit, audit-logged action)."""
-        if self.session is None:
+        if self.study is None or self.session is None:
             self.message.setText("Nothing to confirm: run AI first")
             return []
-        addendum = self._addendum_reason is not None
         try:
-            ids = self.session.confirm_all_positives(self._reviewer(), self._addendum_reason or self.reason.text() or None,
-                                                     addendum=addendum)
+            ids = self.study.confirm_all_positives(self._reviewer(), self.reason.text() or None)
         except StudyLocked as exc:
             self.message.setText(f"{exc} (use Addendum…)")
             return []
@@ -386,14 +373,15 @@ class ReviewPanel(QWidget):
 
     def start_addendum(self, reason: str) -> bool:
         """Open a signed-off study for an addendum with ``reason``; False (message) when refused."""
-        if self.session is None or not self.session.locked:
+        if self.study is None:
             self.message.setText("Addenda are for signed-off studies")
             return False
-        if not reason.strip():
-            self.message.setText("An addendum needs a reason")
+        try:
+            self.study.start_addendum(reason)
+        except ValueError as exc:
+            self.message.setText(str(exc))
             return False
-        self._addendum_reason = reason.strip()
-        self.message.setText(f"Addendum: {self._addendum_reason} — changes are logged as an addendum and need a new sign-off")
+        self.message.setText(f"Addendum: {self.study.addendum_reason} — changes are logged as an addendum and need a new sign-off")
         self._refresh()
         return True
 
@@ -403,11 +391,11 @@ class ReviewPanel(QWidget):
             self.start_addendum(reason)
 
     def sign_off(self) -> None:
-        if self.session is None:
+        if self.study is None or self.session is None:
             self.message.setText("Nothing to sign off: run AI first")
             return
         try:
-            ts = self.session.sign_off(self._reviewer())
+            ts = self.study.sign_off(self._reviewer())  # with the study's saved measurements
         except SignOffRefused as exc:
             self.message.setText(str(exc))
             self.signoff_refused.emit([f.id for f in exc.pending])
@@ -415,14 +403,16 @@ class ReviewPanel(QWidget):
         except (ValueError, StoreLocked) as exc:
             self.message.setText(str(exc))
             return
-        self._addendum_reason = None
         self.message.setText(f"Signed off at {ts}")
         self._refresh()
         self.signed_off.emit(ts)
 
     def change_threshold(self, model_id: str, label: str, value: float) -> None:
         """The only way thresholds change: logged with the reviewer's name."""
-        self.session.set_threshold(model_id, label, value, self._reviewer(), self.reason.text() or None)
+        if self.study is None or self.session is None:
+            self.message.setText("No findings: run AI first")
+            return
+        self.study.set_threshold(model_id, label, value, self._reviewer(), self.reason.text() or None)
         self._refresh()
 
     def _ask_threshold(self) -> None:
@@ -447,6 +437,7 @@ class ReviewPanel(QWidget):
     # ------------------------------------------------------------------ explanations
     def _explain_toggled(self, on: bool) -> None:
         if not on:
+            self.cancel_explanation()
             self.model.remove_overlay(HEATMAP)
             return
         f = self.selected()
@@ -456,17 +447,77 @@ class ReviewPanel(QWidget):
         pkg = self.run.packages.get(f.model_id)
         result = self.run.segmentations.get(f.model_id) or self.run.classifications.get(f.model_id)
         target = "study" if f.kind == "classification" else f.name
-        if self._worker is not None:
+        if self._worker is not None:  # a new target: the old job's result is dropped (see _current)
             self._worker.quit()
         self.message.setText(f"Computing Grad-CAM for {f.id}…")
         w = explain_worker(self.model.volume, pkg, result, target)
-        w.returned.connect(self._explained)
-        w.errored.connect(lambda e: (self.message.setText(f"Explanation refused: {e}"), self.explanation_failed.emit(str(e))))
+        w.yielded.connect(partial(self._explain_progress, w))
+        w.returned.connect(partial(self._explained, w))
+        w.errored.connect(partial(self._explain_failed, w))
+        w.aborted.connect(partial(self._explain_aborted, w))
         self._worker = w
+        self._explaining(True)
         w.start()
 
-    def _explained(self, ex) -> None:
+    @property
+    def explaining(self) -> bool:
+        """A Grad-CAM job is running (the Cancel button is live)."""
+        return self._worker is not None
+
+    def _explaining(self, busy: bool) -> None:
+        """Busy: progress bar shown (busy indicator until the first step), Cancel live, the
+        Grad-CAM check box locked; idle: the reverse."""
+        self.explain_progress.setVisible(busy)
+        if busy:
+            self.explain_progress.setRange(0, 0)
+        self.explain_cancel_b.setEnabled(busy)
+        self.explain.setEnabled(not busy)
+
+    def _current(self, w) -> bool:
+        """``w`` is the job the panel waits for and was not cancelled (later signals of an
+        abandoned job are ignored)."""
+        return w is self._worker and not w.abort_requested
+
+    def cancel_explanation(self) -> None:
+        """Cancel the running Grad-CAM (``quit()``: it stops between steps); no heatmap is added
+        even if the step under way finishes, and the controls return to idle at once."""
+        w = self._worker
+        if w is None:
+            return
+        w.quit()
         self._worker = None
+        self._explaining(False)
+        self.explain.blockSignals(True)
+        self.explain.setChecked(False)
+        self.explain.blockSignals(False)
+        self.message.setText("Grad-CAM cancelled: no heatmap added")
+        self.explanation_cancelled.emit()
+
+    def _explain_progress(self, w, item) -> None:
+        if not self._current(w):
+            return
+        _, done, total = item
+        self.explain_progress.setRange(0, max(int(total), 1))
+        self.explain_progress.setValue(int(done))
+        self.explain_progress.setFormat("Grad-CAM %v/%m")
+
+    def _explain_aborted(self, w) -> None:
+        if w is self._worker:  # quit() from elsewhere (cancel_explanation has already cleaned up)
+            self.cancel_explanation()
+
+    def _explain_failed(self, w, e) -> None:
+        if not self._current(w):
+            return
+        self._worker = None
+        self._explaining(False)
+        self.message.setText(f"Explanation refused: {e}")
+        self.explanation_failed.emit(str(e))
+
+    def _explained(self, w, ex) -> None:
+        if not self._current(w):  # cancelled, or replaced by a newer request
+            return
+        self._worker = None
+        self._explaining(False)
         if self.model.volume is None or ex.heatmap.shape != self.model.volume.array.shape or not self.explain.isChecked():
             return
         self.model.set_overlay(HEATMAP, HeatmapOverlay(ex.heatmap, opacity=self.heat_opacity.value(), cutoff=self.cutoff.value()))

@@ -1,13 +1,18 @@
 """``radreview review PATH ...``: run the models, record decisions and sign off, headless.
 
 Contract: ``--json`` prints one object ``{"study", "study_key_warning", "state", "findings": [...],
-"not_assessed": [...]}``; every finding has ``status`` (``needs_review``, ``ai_positive``,
-``ai_negative`` or ``not_assessed``), ``reason``, ``answer`` and, for classification,
-``probability``. ``--sign-off`` is refused (exit 2, pending findings listed) while a
+"not_assessed": [...], "measurements": [...]}`` (:meth:`radreview.review.workstation.StudySession.as_dict`;
+``measurements``: the ruler, angle and ROI dicts saved with the study, LPS mm); every finding has
+``status`` (``needs_review``, ``ai_positive``, ``ai_negative`` or ``not_assessed``), ``reason``,
+``answer`` and, for classification, ``probability``. ``--sign-off`` is refused (exit 2, pending findings listed) while a
 ``needs_review`` or ``ai_positive`` finding has no decision, and when nothing changed since the
 last sign-off. After a sign-off ``--decide`` needs ``--addendum --reason TEXT``.
 ``--confirm-all-positives`` accepts every undecided AI positive finding as one logged action.
-``--db FILE`` must exist unless ``--create`` is given.
+``--db FILE`` must exist unless ``--create`` is given. A sign-off prints the saved measurements it
+signed with (one line each).
+
+Decisions, addenda and sign-off go through :class:`radreview.review.workstation.StudySession`,
+the same GUI-free session logic as the review panel.
 """
 
 from __future__ import annotations
@@ -19,14 +24,31 @@ import sys
 from . import CliError
 
 
+_VALUE_KEYS = ("length_mm", "angle_deg", "mean", "sd", "area_mm2")  # computed by radreview.viewer.measure
+
+
+def _measurement_line(m: dict) -> str:
+    """One saved measurement in words, e.g. ``  ruler m1 (axial) "liver span": length_mm 50.0``.
+
+    The computed values are read from the item's ``values`` dict (as the measure panel saves
+    them) or from top-level keys."""
+    vals = {**m, **(m.get("values") or {})}
+    values = ", ".join(f"{k} {vals[k]:.1f}" if isinstance(vals[k], float) else f"{k} {vals[k]}"
+                       for k in _VALUE_KEYS if vals.get(k) is not None)
+    where = f" ({m['plane']})" if m.get("plane") else ""
+    label = f' "{m["label"]}"' if m.get("label") else ""
+    return f"  {m.get('kind')} {m.get('id', '')}{where}{label}: {values or 'no computed values'}"
+
+
 def _review(args) -> int:
     from radreview.inference.package import PackageError, load_package
-    from radreview.review.findings import FindingStatus, PackageChanged, SignOffRefused, StudyLocked
+    from radreview.review.findings import PackageChanged, SignOffRefused, StudyLocked
+    from radreview.review.runs import RunChanged
     from radreview.review.settings import remember_reviewer, remembered_reviewer
     from radreview.review.store import ReviewStore, StoreLocked
+    from radreview.review.workstation import StudySession
     from radreview.studies import LoadError, open_volume
-    from radreview.review.runs import RunChanged
-    from radreview.viewer.workflow import default_models, open_session, restore_last_run, run_models, save_ai_run
+    from radreview.viewer.workflow import default_models, run_models, save_ai_run
 
     if not os.path.exists(args.path):
         raise CliError(f"{args.path}: no such file or folder")
@@ -39,18 +61,22 @@ def _review(args) -> int:
     except (LoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
     reviewer = args.reviewer or remembered_reviewer()
+    study = StudySession(store)  # the same GUI-free session logic as the review panel
     try:
         if args.reuse_last_run:  # decide on the stored findings of the last run: no inference
-            findings, saved = restore_last_run(store, vol)
-            if not findings or not saved:
+            study.open_study(vol)
+            if study.message:  # a saved run file changed on disk since it was saved
+                raise CliError(f"{args.path}: {study.message}")
+            findings = study.findings()
+            if not findings or not study.saved_runs:
                 raise CliError(f"{args.path}: no stored run of this study to reuse; run without --reuse-last-run")
             if args.model:
                 findings = [f for f in findings if f.model_id in args.model]
             hashes = {}
-            for mid, sr in saved.items():
+            for mid in study.saved_runs:
                 pkg = load_package(mid, check_hashes=True)
                 hashes[mid] = (pkg.meta["version"], pkg.package_sha256)
-            session = open_session(store, vol, findings, hashes, reviewer or "radreview")
+            study.adopt_findings(vol, findings, hashes, reviewer or "radreview")
         else:
             models = args.model or default_models(vol)
             run = run_models(vol, models, store, precision=args.precision, threads=args.threads)
@@ -58,55 +84,51 @@ def _review(args) -> int:
                 print(f"radreview: model {mid} refused: {why}", file=sys.stderr)
             if not run.findings:
                 raise CliError("no findings: no model ran on this study")
-            session = open_session(store, vol, run.findings, run.package_hashes(), reviewer or "radreview")
-            save_ai_run(store, session, run, reviewer or "radreview")
-        if session.key_warning:
-            print(f"radreview: warning: weak study key {session.key}: {session.key_warning}", file=sys.stderr)
+            study.adopt_run(vol, run, reviewer or "radreview", persist=save_ai_run)
+        review = study.review
+        assert review is not None  # adopt_run / adopt_findings set it
+        if study.key_warning:
+            print(f"radreview: warning: weak study key {study.key}: {study.key_warning}", file=sys.stderr)
         if args.decide or args.confirm_all_positives or args.sign_off:
             if not reviewer.strip():
                 raise CliError("a decision or sign-off needs --reviewer NAME")
             remember_reviewer(reviewer)
+        if args.addendum and study.locked and (args.decide or args.confirm_all_positives):
+            study.start_addendum(args.reason)  # the reason is checked above
+        reason = None if study.addendum_reason is not None else args.reason
         for item in args.decide or []:
             if "=" not in item:
                 raise CliError(f"--decide takes FINDING=accept|reject|edit, not {item!r}")
             name, decision = item.split("=", 1)
             try:
-                ts = session.decide(name, decision, reviewer, args.reason, addendum=args.addendum)
+                ts = study.decide(name, decision, reviewer, reason)
             except StudyLocked as exc:
                 raise CliError(f"{exc} (--addendum --reason TEXT)") from None
             except (KeyError, ValueError) as exc:
                 raise CliError(str(exc.args[0] if exc.args else exc)) from None
-            print(f"saved: {session.resolve(name).id} = {decision} by {reviewer} at {ts}"
-                  + (" (addendum)" if session.locked else ""))
+            print(f"saved: {review.resolve(name).id} = {decision} by {reviewer} at {ts}"
+                  + (" (addendum)" if study.locked else ""))
         if args.confirm_all_positives:
             try:
-                ids = session.confirm_all_positives(reviewer, args.reason, addendum=args.addendum)
+                ids = study.confirm_all_positives(reviewer, reason)
             except StudyLocked as exc:
                 raise CliError(f"{exc} (--addendum --reason TEXT)") from None
             except ValueError as exc:
                 raise CliError(str(exc)) from None
             print(f"confirmed {len(ids)} AI positive finding(s): {', '.join(ids) or 'none undecided'}")
-        decisions = session.decisions
-        assessed = [f for f in session.findings.values() if f.status is not FindingStatus.NOT_ASSESSED]
-        skipped = [f for f in session.findings.values() if f.status is FindingStatus.NOT_ASSESSED]
-
-        def row(f):
-            d = decisions.get(f.id, {})
-            return {**f.as_dict(), "decision": d.get("decision"), "addendum": d.get("addendum", False)}
-
         if args.json:
-            print(json.dumps({"study": session.key, "study_key_warning": session.key_warning, "state": session.state(),
-                              "findings": [row(f) for f in session.findings.values()],
-                              "not_assessed": [{"id": f.id, "reason": f.reason} for f in skipped]}))
+            print(json.dumps(study.as_dict()))
         else:
-            for f in assessed:
-                dec = decisions.get(f.id, {}).get("decision", "-")
-                print(f"  {f.id:38} {f.status.label:13} {f.answer:40} ({f.reason})  decision {dec}")
-            for f in skipped:
+            decisions = study.decisions()
+            for f in study.assessed():
+                d = decisions.get(f.id)
+                print(f"  {f.id:38} {f.status.label:13} {f.answer:40} ({f.reason})  decision "
+                      f"{'-' if d is None else d.decision.value}")
+            for f in study.not_assessed():
                 print(f"  {f.id:38} Not assessed: {f.reason}")
         if args.sign_off:
             try:
-                ts = session.sign_off(reviewer)
+                ts = study.sign_off(reviewer)
             except SignOffRefused as exc:
                 if exc.pending:
                     lines = "; ".join(f"{f.id} ({f.status.label})" for f in exc.pending)
@@ -114,7 +136,10 @@ def _review(args) -> int:
                 raise CliError(str(exc)) from None
             except ValueError as exc:
                 raise CliError(str(exc)) from None
-            print(f"signed off by {reviewer} at {ts}")
+            measurements = study.store.load_measurements(review.key)
+            print(f"signed off by {reviewer} at {ts} with {len(measurements)} measurement(s)")
+            for m in measurements:
+                print(_measurement_line(m))
     except (PackageChanged, StoreLocked, PackageError, RunChanged) as exc:
         raise CliError(str(exc)) from None
     finally:

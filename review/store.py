@@ -102,11 +102,14 @@ def _locked_message(path, exc) -> str:
 
 
 def default_db_path() -> Path:
-    """``$RADREVIEW_DB``, else ``$XDG_DATA_HOME/radreview/review.sqlite`` (``~/.local/share``)."""
+    """``$RADREVIEW_DB``, else ``review.sqlite`` in the user data folder
+    (:func:`radreview.studies.userdirs.user_data_dir`: ``$RADREVIEW_DATA_DIR``, else
+    ``$XDG_DATA_HOME/radreview``, i.e. ``~/.local/share/radreview`` on Linux)."""
     if os.environ.get("RADREVIEW_DB"):
         return Path(os.environ["RADREVIEW_DB"])
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "radreview" / "review.sqlite"
+    from radreview.studies.userdirs import user_data_dir
+
+    return user_data_dir() / "review.sqlite"
 
 
 def _now() -> str:

@@ -243,6 +243,17 @@ def find_instances(node: PacsNode, study_uid: str, series_uid: str) -> list[Inst
     return out
 
 
+def _retrieve_requests(study_uid: str, series_uid: str | None, mid) -> list:
+    """C-GET/C-MOVE identifiers of one retrieve: the middle instance first (IMAGE level, so the
+    viewer can show it while the rest arrives) when the series and its instances are known,
+    then the whole SERIES (or STUDY)."""
+    requests = []
+    if mid is not None and series_uid:
+        requests.append(_ident("IMAGE", study_uid, series_uid, mid.sop_instance_uid))
+    requests.append(_ident("SERIES" if series_uid else "STUDY", study_uid, series_uid))
+    return requests
+
+
 def _ident(level: str, study_uid: str, series_uid: str | None, sop_uid: str | None = None) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
@@ -348,11 +359,7 @@ def iter_get(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
     mid = middle_instance(instances) if instances else None
     state = _DrainState()
     try:
-        requests = []
-        if mid is not None and series_uid:
-            requests.append(_ident("IMAGE", study_uid, series_uid, mid.sop_instance_uid))
-        requests.append(_ident("SERIES" if series_uid else "STUDY", study_uid, series_uid))
-        for ident in requests:
+        for ident in _retrieve_requests(study_uid, series_uid, mid):
             for status, _ in assoc.send_c_get(ident, GET):
                 yield from _drain(rx, state, mid.sop_instance_uid if mid else None, total)
                 if "Status" not in status:
@@ -407,11 +414,7 @@ def iter_move(node: PacsNode, study_uid: str, series_uid: str | None, out: Path,
         mid = middle_instance(instances) if instances else None
         state = _DrainState()
         try:
-            requests = []
-            if mid is not None and series_uid:
-                requests.append(_ident("IMAGE", study_uid, series_uid, mid.sop_instance_uid))
-            requests.append(_ident("SERIES" if series_uid else "STUDY", study_uid, series_uid))
-            for ident in requests:
+            for ident in _retrieve_requests(study_uid, series_uid, mid):
                 for status, _ in assoc.send_c_move(ident, scp_ae_title, MOVE):
                     code = int(status.Status) if "Status" in status else None
                     if total is None and code == 0xFF00 and "NumberOfRemainingSuboperations" in status:

@@ -1,7 +1,9 @@
 """Model packages: ``resources/models/<id>/model.json`` + ONNX/state_dict files with SHA-256.
 
 A package declares what the model accepts (modality, body part, input grid and intensity
-normalisation), what it outputs (labels with colour and SNOMED CT code for DICOM SEG export),
+normalisation), what it outputs (labels with colour, SNOMED CT code for DICOM SEG export, body region, minimum
+plausible volume and ``role``: ``finding`` (default) or ``context``, anatomy that is listed and
+drawn but never a finding to decide, see :func:`label_role`),
 its files with their SHA-256, calibration, review policy, training data, held-out metrics,
 FP32-vs-INT8 deltas, intended use and limitations. ``model.json`` is validated with the JSON
 Schema in :data:`SCHEMA` (jsonschema); errors name the offending field. A package whose hash,
@@ -26,7 +28,7 @@ from radreview.studies.errors import RadreviewError
 
 __all__ = ["SCHEMA", "PackageError", "ModelPackage", "load_package", "list_packages", "models_dir", "sha256_file",
            "user_data_dir", "user_models_dir", "model_search_path", "write_manifest", "read_manifest",
-           "MANIFEST_NAME"]
+           "MANIFEST_NAME", "LABEL_ROLES", "FINDING", "CONTEXT", "label_role"]
 
 #: File in a models folder that pins each package's :attr:`ModelPackage.package_sha256`
 #: (``resources/models/manifest.json`` for the shipped packages).
@@ -34,6 +36,22 @@ MANIFEST_NAME = "manifest.json"
 
 #: How to regenerate the shipped manifest after rebuilding a shipped package.
 REGENERATE = "python -m radreview.inference.package --write-manifest"
+
+#: Label roles a model card may give (``outputs.labels[].role``); ``finding`` when absent.
+FINDING, CONTEXT = "finding", "context"
+LABEL_ROLES = (FINDING, CONTEXT)
+
+
+def label_role(card_label: dict) -> str:
+    """``card_label["role"]`` (``"finding"`` or ``"context"``), ``"finding"`` when the card gives none.
+
+    A *context* label (body outline, lungs, bone) is anatomy the reader uses to find their way
+    and to place findings (the nodule rows' lobe or lung half), not an observation to confirm:
+    :func:`radreview.review.findings.findings_from_segmentation` skips it and
+    :func:`radreview.review.findings.context_from_segmentation` lists it with its volume.
+    """
+    return str(card_label.get("role") or FINDING)
+
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -58,6 +76,10 @@ _LABEL = {
         # coverage or below the minimum is "not assessed", not flagged (radreview.review.plausibility)
         "body_region": {"enum": ["any", "head", "neck", "chest", "abdomen", "pelvis"]},
         "min_volume_ml": {"type": "number", "minimum": 0},
+        # "finding" (default): the label becomes a review finding the radiologist decides on;
+        # "context": anatomical context (body outline, lungs for the nodule location, bone) that
+        # is drawn, measured and listed, but never a finding to decide (radreview.review.findings)
+        "role": {"enum": ["finding", "context"]},
     },
 }
 
@@ -302,6 +324,15 @@ class ModelPackage:
 
     def label_names(self) -> list[str]:
         return [lab["name"] for lab in self.labels]
+
+    def label_role(self, name: str) -> str:
+        """The card's ``role`` of label ``name``: ``"finding"`` (the default, also for a name the
+        card does not list) or ``"context"`` (anatomical context, never a finding to decide)."""
+        return label_role(next((lab for lab in self.labels if lab["name"] == name), {}))
+
+    def context_labels(self) -> list[str]:
+        """Names of the labels the card marks ``"role": "context"``, in index order."""
+        return [lab["name"] for lab in self.labels if label_role(lab) == CONTEXT]
 
     def file(self, kind: str) -> Path:
         """Path of the ``fp32``/``int8``/``state_dict`` file after checking its SHA-256.

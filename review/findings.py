@@ -1,8 +1,12 @@
 """Findings, their review states and the sign-off rule — the review gate, GUI-free.
 
 Every AI output becomes a :class:`Finding`: each segmented label, the study-level
-classification and each listed candidate region. Its :attr:`Finding.status` is one of four
-:class:`FindingStatus` states:
+classification and each listed candidate region — except the labels a model card marks
+``"role": "context"`` (``ct-organs-2p5d``: body, lungs, bone). Those are anatomical context (the
+body outline, the lungs that place a nodule in its lobe or lung half, bone): a
+:class:`ContextStructure` with its volume, drawn and measured like any label, listed apart
+(``context`` in ``radreview review --json``), never a finding to decide. Its
+:attr:`Finding.status` is one of four :class:`FindingStatus` states:
 
 * **Needs review** — confidence below the review threshold, or no usable result (an empty label,
   a non-finite confidence, no threshold in the card): a decision is required.
@@ -58,7 +62,8 @@ from radreview.studies.errors import RadreviewError
 
 __all__ = ["FindingStatus", "FindingKind", "Decision", "finding_from_dict", "Finding", "SignOffRefused", "StudyLocked", "PackageChanged",
            "ReviewSession", "findings_from_segmentation", "findings_from_classification", "study_key",
-           "study_key_info", "StudyKey", "DEFAULT_OPERATING_THRESHOLD"]
+           "study_key_info", "StudyKey", "DEFAULT_OPERATING_THRESHOLD", "ContextStructure", "context_from_segmentation",
+           "context_from_dict"]
 
 #: Operating threshold on the probability when a classification card states none (the usual 0.5).
 DEFAULT_OPERATING_THRESHOLD = 0.5
@@ -351,7 +356,9 @@ def _extra(obj, known: set[str]) -> dict:
 
 
 def findings_from_segmentation(result, package, overrides: dict[str, float] | None = None, coverage=None) -> list[Finding]:
-    """One finding per label segmented or named in the card's review policy.
+    """One finding per label segmented or named in the card's review policy, except the labels
+    the card marks ``"role": "context"`` (body outline, lungs, bone): those are anatomical context,
+    listed by :func:`context_from_segmentation`, never a finding to decide.
 
     ``result``: a :class:`radreview.inference.segment.SegmentationResult` (``labels`` ``(z, y, x)``
     on the study grid and per-label ``stats``). ``coverage``: an optional
@@ -359,6 +366,8 @@ def findings_from_segmentation(result, package, overrides: dict[str, float] | No
     ``body_region`` lies outside the scan, or whose volume (mL) is below the card's
     ``min_volume_ml``, becomes **Not assessed** with the reason instead of a finding to decide.
     """
+    from radreview.inference.package import CONTEXT, label_role
+
     from .plausibility import implausible
 
     policy = package.meta["review_policy"]["confidence_threshold"]
@@ -366,6 +375,8 @@ def findings_from_segmentation(result, package, overrides: dict[str, float] | No
     overrides = overrides or {}
     out = []
     for s in result.stats:
+        if label_role(cards.get(s.name, {})) == CONTEXT:
+            continue  # anatomical context, not a finding: context_from_segmentation lists it
         if s.voxels == 0 and s.name not in policy:
             continue
         why = implausible(s.name, s.index, s.voxels, s.volume_ml, cards.get(s.name, {}), result.labels, coverage)
@@ -379,6 +390,86 @@ def findings_from_segmentation(result, package, overrides: dict[str, float] | No
                      "model_version": package.meta.get("version")},
             not_assessed=why,
         ))
+    return out
+
+
+@dataclass
+class ContextStructure:
+    """A segmented label the model card marks ``"role": "context"``: anatomy that orients the
+    reader and places findings (body outline, lungs for the nodule rows' lobe or lung half,
+    bone), drawn and measured like any label but **not a finding**: it has no review status,
+    needs no decision and never blocks sign-off.
+
+    ``volume_ml`` (mL), ``voxels``, ``center_lps`` (LPS mm, ``None`` when empty), ``confidence``
+    (mean max-softmax over its voxels, for information only). ``not_assessed`` is why the label
+    cannot be in this scan (:func:`radreview.review.plausibility.implausible`, e.g. "lungs" that
+    are table foam on an abdominal CT), else ``None``; such a structure is not drawn by default.
+    """
+
+    id: str
+    model_id: str
+    name: str
+    volume_ml: float
+    voxels: int
+    center_lps: list[float] | None = None
+    confidence: float | None = None
+    body_region: str | None = None
+    model_version: str | None = None
+    not_assessed: str | None = None
+
+    role = "context"
+
+    @property
+    def text(self) -> str:
+        """In words, e.g. ``"lungs 2820 mL"``, ``"bone: not segmented"`` or ``"lungs: not assessed (...)"``."""
+        if self.not_assessed:
+            return f"{self.name}: not assessed ({self.not_assessed})"
+        if self.voxels == 0:
+            return f"{self.name}: not segmented"
+        return f"{self.name} {self.volume_ml:.0f} mL"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``"role": "context"`` (and no ``status``: it is not a finding)."""
+        d: dict[str, Any] = {"id": self.id, "model": self.model_id, "name": self.name, "role": self.role,
+                             "volume_ml": self.volume_ml, "voxels": self.voxels, "center_lps": self.center_lps,
+                             "confidence": self.confidence if _finite(self.confidence) else None,
+                             "body_region": self.body_region, "model_version": self.model_version}
+        if self.not_assessed:
+            d["not_assessed"] = self.not_assessed
+        return d
+
+
+def context_from_dict(d: dict) -> ContextStructure:
+    """Inverse of :meth:`ContextStructure.as_dict` (restoring a study's last run)."""
+    return ContextStructure(d["id"], d["model"], d["name"], float(d.get("volume_ml") or 0.0), int(d.get("voxels") or 0),
+                            d.get("center_lps"), d.get("confidence"), d.get("body_region"), d.get("model_version"),
+                            d.get("not_assessed"))
+
+
+def context_from_segmentation(result, package, coverage=None) -> list[ContextStructure]:
+    """The labels of ``result`` that the card marks ``"role": "context"``, in label order.
+
+    ``result``: a :class:`radreview.inference.segment.SegmentationResult` (``labels`` ``(z, y,
+    x)``, per-label ``stats``); ``coverage``: as :func:`findings_from_segmentation`, so a context
+    label that cannot be in this scan carries the reason in ``not_assessed``. Empty context
+    labels are listed too (``voxels`` 0: "not segmented").
+    """
+    from radreview.inference.package import CONTEXT, label_role
+
+    from .plausibility import implausible
+
+    cards = {lab["name"]: lab for lab in package.meta["outputs"]["labels"]}
+    out = []
+    for s in result.stats:
+        card = cards.get(s.name, {})
+        if label_role(card) != CONTEXT:
+            continue
+        conf = None if s.confidence is None or not _finite(s.confidence) else round(float(s.confidence), 4)
+        out.append(ContextStructure(
+            id=f"{package.id}:{s.name}", model_id=package.id, name=s.name, volume_ml=round(float(s.volume_ml), 2),
+            voxels=int(s.voxels), center_lps=None if s.centroid_lps is None else [round(float(v), 2) for v in s.centroid_lps],
+            confidence=conf, body_region=card.get("body_region"), model_version=package.meta.get("version"),
+            not_assessed=implausible(s.name, s.index, s.voxels, s.volume_ml, card, result.labels, coverage)))
     return out
 
 
@@ -547,9 +638,10 @@ class ReviewSession:
                                     action="confirm-all-positives", addendum=bool(addendum and self.locked))
         return ids
 
-    def sign_off(self, reviewer: str, measurements: list[dict] | None = None) -> str:
+    def sign_off(self, reviewer: str, measurements: list[dict] | None = None, context: list[dict] | None = None) -> str:
         """Sign the study off; the audit row holds every finding with its decision and, when
-        given, the study's ``measurements`` (dicts of :mod:`radreview.review.measurements`).
+        given, the study's ``measurements`` (dicts of :mod:`radreview.review.measurements`) and
+        ``context`` structures (:meth:`ContextStructure.as_dict`: listed, not decided).
 
         Raises
         ------
@@ -570,7 +662,8 @@ class ReviewSession:
                                      "and nothing changed since (record an addendum first)")
         decisions = self.decisions
         summary = [{**f.as_dict(), "decision": decisions.get(f.id, {}).get("decision")} for f in self.findings.values()]
-        return self.store.record_signoff(self.key, reviewer, summary, addendum=bool(so), measurements=measurements)
+        return self.store.record_signoff(self.key, reviewer, summary, addendum=bool(so), measurements=measurements,
+                                         context=context)
 
     def set_threshold(self, model_id: str, label: str, value: float, reviewer: str, reason: str | None = None) -> None:
         """Logged threshold change; re-flags the findings it applies to."""

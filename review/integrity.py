@@ -17,6 +17,11 @@ those gaps:
 3. **State tables replayed from the audit chain**: the decisions, sign-offs, thresholds,
    per-study model packages and saved runs must equal what the audit rows say; a row inserted
    into, edited in or deleted from those tables is named.
+
+A database written by radreview 0.1 has no sidecar (and its ``ai-run`` rows no findings digest),
+so it fails check 1 on open; :func:`radreview.review.store.adopt_database` (``radreview audit
+adopt --db PATH --reason TEXT``) is the explicit, logged way to adopt it once its chain is
+internally intact: its ``adopted`` audit row pins the findings digests 0.1 never logged.
 """
 
 from __future__ import annotations
@@ -124,7 +129,8 @@ def check_head(db: Path, count: int, last_hash: str) -> list[str]:
         if count == 0:
             return []
         return [f"chain head file {hp.name} is missing: the {count}-row audit cannot be checked against it "
-                "(deleted, or the database was copied without it)"]
+                "(deleted, or the database was copied without it; a database written by radreview 0.1, before chain "
+                f"head files, is adopted once with: radreview audit adopt --db {db} --reason TEXT)"]
     if head.get("unreadable"):
         return [f"chain head file {hp.name} is unreadable"]
     out = []
@@ -144,7 +150,8 @@ def check_head(db: Path, count: int, last_hash: str) -> list[str]:
 # ---------------------------------------------------------------------- replay
 def replay_state(audit_rows) -> dict:
     """State the audit rows imply: decisions, sign-offs, thresholds, packages, findings hashes, runs."""
-    st: dict[str, Any] = {"decisions": [], "signoffs": [], "thresholds": {}, "packages": [], "findings": {}, "runs": []}
+    st: dict[str, Any] = {"decisions": [], "signoffs": [], "thresholds": {}, "packages": [], "findings": {}, "runs": [],
+                          "legacy_findings": set()}
     for _id, ts, actor, action, payload, _prev, _h in audit_rows:
         try:
             p = json.loads(payload)
@@ -166,6 +173,14 @@ def replay_state(audit_rows) -> dict:
             st["packages"].append((p.get("study"), p.get("model"), p.get("version"), p.get("sha256"), ts))
         elif action == "ai-run" and "sha256" in p:
             st["findings"][p.get("study")] = p["sha256"]
+            st["legacy_findings"].discard(p.get("study"))
+        elif action == "ai-run":  # radreview 0.1 logged no digest of the stored findings
+            st["findings"].pop(p.get("study"), None)
+            st["legacy_findings"].add(p.get("study"))
+        elif action == "adopted":  # the adoption pinned the digests 0.1 never logged (store.adopt_database)
+            for study, digest in (p.get("findings_sha256") or {}).items():
+                st["findings"][study] = digest
+                st["legacy_findings"].discard(study)
         elif action == "run-saved":
             st["runs"].append((p.get("study"), p.get("model"), p.get("version"), p.get("package_sha256"),
                                json.dumps(p.get("files"), sort_keys=True), ts))
@@ -190,8 +205,12 @@ def _diff(name: str, table: list, expected: list, fmt) -> list[str]:
     return out
 
 
-def compare_state(conn, audit_rows) -> list[str]:
-    """Problems between the state tables of ``conn`` and the state replayed from ``audit_rows``."""
+def compare_state(conn, audit_rows, allow_legacy_findings: bool = False) -> list[str]:
+    """Problems between the state tables of ``conn`` and the state replayed from ``audit_rows``.
+
+    ``allow_legacy_findings``: a study whose last AI run was logged by radreview 0.1 (an
+    ``ai-run`` row without the findings' SHA-256) is not a problem (used only to adopt such a
+    database, whose ``adopted`` row then pins those digests)."""
     st = replay_state(audit_rows)
     problems = []
     dec = [(s, f, d, r, reason or "", ts, int(a or 0)) for s, f, d, r, reason, ts, a in conn.execute(
@@ -212,6 +231,8 @@ def compare_state(conn, audit_rows) -> list[str]:
     problems += _diff("runs", rn, st["runs"], lambda r: f"{r[0]} {r[1]} {r[2]} at {r[5]}")
     for (study,) in conn.execute("SELECT DISTINCT study_key FROM findings"):
         if study not in st["findings"]:
+            if allow_legacy_findings and study in st["legacy_findings"]:
+                continue
             problems.append(f"findings table: findings of {study} were never recorded by an AI run in the audit log")
     for study, want in st["findings"].items():
         rows = [r[0] for r in conn.execute("SELECT data FROM findings WHERE study_key = ? ORDER BY rowid", (study,))]

@@ -18,7 +18,8 @@ decisions, sign-offs, thresholds, study packages and saved runs are replayed fro
 and must match their tables, so a row written straight into a table is never obeyed. A failed
 check raises :class:`StoreTampered`. A database locked by another process raises
 :class:`StoreLocked` with the advice; an explicit path to a missing database raises
-:class:`StoreMissing` unless ``create=True``.
+:class:`StoreMissing` unless ``create=True``. A database written by radreview 0.1 (no head
+file) is adopted once, explicitly and logged, by :func:`adopt_database` (``radreview audit adopt``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ReviewStore", "StoreCorrupt", "StoreTampered", "StoreLocked", "StoreMissing", "StudyLocked", "AuditReport",
-           "default_db_path", "GENESIS", "Decision", "DECISIONS"]
+           "AdoptRefused", "adopt_database", "default_db_path", "GENESIS", "Decision", "DECISIONS"]
 
 # the hash chain is shared with the reading-session store (review/audit_chain.py)
 from .audit_chain import GENESIS, verify_chain, row_hash as _row_hash  # noqa: E402
@@ -94,6 +95,11 @@ class StudyLocked(RuntimeError, RadreviewError):
 
 class StoreMissing(FileNotFoundError, RadreviewError):
     """An explicitly named review database does not exist (and ``create`` was not asked for)."""
+
+
+class AdoptRefused(RuntimeError, RadreviewError):
+    """:func:`adopt_database` refused: already adopted, nothing to adopt, or the database is not
+    internally intact (the message says which, and leaves the file untouched)."""
 
 
 def _locked_message(path, exc) -> str:
@@ -290,13 +296,16 @@ class ReviewStore:
             raise ValueError("an addendum to a signed-off study needs a reason")
 
     def record_signoff(self, study_key: str, reviewer: str, findings: list[dict], addendum: bool = False,
-                       measurements: list[dict] | None = None) -> str:
+                       measurements: list[dict] | None = None, context: list[dict] | None = None) -> str:
         """Persist a sign-off with the findings and decisions it covers (``addendum``: a re-sign-off)
-        and, when given, the study's measurements (kept in the hash-chained audit row's payload)."""
+        and, when given, the study's measurements and context structures (anatomy listed with
+        the findings, not decided), kept in the hash-chained audit row's payload."""
         ts = _now()
         payload: dict[str, Any] = {"study": study_key, "findings": findings}
         if measurements is not None:
             payload["measurements"] = measurements
+        if context:
+            payload["context"] = context
         if addendum:
             payload["addendum"] = True
         return self._write(reviewer, "sign-off", payload,
@@ -440,3 +449,131 @@ class ReviewStore:
         from .measurements import load_measurements
 
         return load_measurements(self, study_key)
+
+
+# ---------------------------------------------------------------------- adopting a 0.1 database
+def adopt_database(path: str | os.PathLike, actor: str, reason: str) -> AuditReport:
+    """Adopt a review database written by radreview 0.1, which kept no chain head file.
+
+    Such a database is refused on open (the head file ``<db>.head`` is missing: truncation or a
+    recomputed chain could not be told from an honest history). Adoption is the explicit,
+    logged way forward; it
+
+    1. refuses a database that already has a head file (adopted before, or written by a later
+       radreview: nothing to adopt) or that has no audit rows;
+    2. checks, read-only, that the database is internally intact: ``PRAGMA integrity_check``,
+       every hash link of the audit chain and its in-database ``audit_head``
+       (:func:`radreview.review.audit_chain.verify_chain`), and the state tables replayed from
+       the audit rows (:func:`radreview.review.integrity.compare_state`; the only tolerance is
+       0.1's ``ai-run`` rows, which logged no SHA-256 of the stored findings);
+    3. appends the audit row ``adopted`` (actor ``actor``, its timestamp, payload: ``reason``,
+       the OS user, the adopted row count and last hash, and the SHA-256 of each study's stored
+       findings that 0.1 never logged, so they are pinned from now on) and writes the signed head
+       file, in the store's usual durable transaction;
+    4. verifies the adopted database as every open does and returns that report.
+
+    Honest limit: adoption vouches for the chain's internal consistency only; an edit made
+    *before* adoption by someone who recomputed the whole chain is indistinguishable from an
+    honest history (that is what the head file prevents from now on). The ``adopted`` row
+    records who vouched for it, when and why.
+
+    Raises
+    ------
+    StoreMissing
+        No such file.
+    AdoptRefused
+        Empty ``actor`` or ``reason``; a head file already exists; no audit rows; the chain or
+        the state tables fail the checks (each problem named). The file is left untouched.
+    StoreCorrupt, StoreLocked
+        Not a usable SQLite database / another process holds its write lock.
+    """
+    import getpass
+    import hashlib
+
+    from .integrity import compare_state, findings_digest, head_path, read_head
+
+    db = Path(path)
+    if not str(actor or "").strip():
+        raise AdoptRefused("adopting a review database needs a user name (who vouches for it)")
+    if not str(reason or "").strip():
+        raise AdoptRefused("adopting a review database needs a reason (--reason TEXT)")
+    if not db.is_file():
+        raise StoreMissing(f"{db}: no such review database (check the path)")
+    if read_head(db) is not None:
+        raise AdoptRefused(f"{db}: it already has a chain head file ({head_path(db).name}): nothing to adopt "
+                           f"(adopted before, or written by this radreview); check it with: radreview audit verify --db {db}")
+    try:  # read-only checks first: a refused database is never written to
+        ro = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            res = ro.execute("PRAGMA integrity_check").fetchone()[0]
+            if res != "ok":
+                raise StoreCorrupt(f"{db}: review database failed its integrity check ({res}); it was left untouched")
+            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"audit", "audit_head", "decisions", "signoffs"} <= tables:
+                raise AdoptRefused(f"{db}: not a radreview review database (no audit tables); nothing was changed")
+            rows = ro.execute("SELECT id, ts, actor, action, payload, prev_hash, hash FROM audit ORDER BY id").fetchall()
+            head = ro.execute("SELECT last_hash, count FROM audit_head WHERE one = 1").fetchone()
+            if not rows:
+                raise AdoptRefused(f"{db}: the audit log has no rows: nothing to adopt (the database opens as it is)")
+            _, problems = verify_chain(rows, head)
+            problems += _state_problems_for_adoption(ro, rows, tables, compare_state)
+            legacy = {}
+            if not problems:
+                from .integrity import replay_state
+
+                for study in sorted(replay_state(rows)["legacy_findings"]):
+                    data = [r[0] for r in ro.execute("SELECT data FROM findings WHERE study_key = ? ORDER BY rowid", (study,))]
+                    if data:
+                        legacy[study] = findings_digest(data)
+        finally:
+            ro.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreLocked(_locked_message(db, exc)) from None
+        raise StoreCorrupt(f"{db}: not a usable review database ({exc}); it was left untouched") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(f"{db}: not a usable review database ({exc}); it was left untouched") from None
+    if problems:
+        raise AdoptRefused(f"{db}: adoption refused: the database is not internally intact ({len(problems)} problem(s): "
+                           + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+                           + ") — it was left untouched; restore it from a backup")
+    try:
+        os_user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        os_user = ""
+    store = ReviewStore(db, create=False, verify=False)
+    try:
+        payload = {"reason": reason.strip(), "os_user": os_user, "database": db.name, "adopted_rows": len(rows),
+                   "adopted_last_hash": rows[-1][6],
+                   "adopted_audit_sha256": hashlib.sha256("".join(r[6] for r in rows).encode()).hexdigest(),
+                   "findings_sha256": legacy, "from": "radreview 0.1 (no chain head file)"}
+        store._write(actor.strip(), "adopted", payload, None)
+        rep = store.verify_audit()
+    finally:
+        store.close()
+    if not rep.ok:  # cannot happen unless someone wrote meanwhile; say so rather than report success
+        raise AdoptRefused(f"{db}: adopted, but verification then failed: " + "; ".join(rep.problems[:5]))
+    return rep
+
+
+def _state_problems_for_adoption(conn, rows, tables: set[str], compare_state) -> list[str]:
+    """:func:`compare_state` on a read-only connection to a 0.1 database, whose tables added
+    later (``study_packages``, ``runs``, the ``addendum`` columns) may not exist yet: those count
+    as empty (the store creates them on its first open)."""
+    missing = {"study_packages", "runs", "thresholds", "findings"} - tables
+    cols = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in ("decisions", "signoffs")}
+    if not missing and all("addendum" in c for c in cols.values()):
+        return compare_state(conn, rows, allow_legacy_findings=True)
+    mem = sqlite3.connect(":memory:")  # a scratch copy with the current schema: the file itself stays read-only
+    try:
+        mem.executescript(_SCHEMA)
+        for t in ("decisions", "signoffs", "study_packages", "runs", "thresholds", "findings"):
+            if t in missing:
+                continue
+            src_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({t})")]
+            data = conn.execute(f"SELECT {', '.join(src_cols)} FROM {t}").fetchall()
+            if data:
+                mem.executemany(f"INSERT INTO {t} ({', '.join(src_cols)}) VALUES ({', '.join('?' * len(src_cols))})", data)
+        return compare_state(mem, rows, allow_legacy_findings=True)
+    finally:
+        mem.close()

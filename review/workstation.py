@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .findings import Finding, FindingStatus, ReviewSession, finding_from_dict, study_key_info
+from .findings import ContextStructure, Finding, FindingStatus, ReviewSession, context_from_dict, finding_from_dict, study_key_info
 from .runs import RunChanged, load_last_run
 from .store import ReviewStore
 from .vocabulary import Decision, FindingKind
@@ -68,6 +68,28 @@ class SignOff:
         return {"reviewer": self.reviewer, "ts": self.ts, "addendum": self.addendum}
 
 
+def _older_run_note(findings: list[Finding]) -> str:
+    """A note when stored findings come from another version of an installed model package
+    (e.g. ``ct-organs-2p5d`` 0.1.0, where body, lungs and bone were still findings), else ``""``.
+    The stored findings and their decisions are shown as they were recorded; a new AI run uses the
+    installed package (refused for a study already reviewed under the other one)."""
+    from radreview.inference.package import PackageError, load_package
+
+    notes = []
+    for mid in dict.fromkeys(f.model_id for f in findings):
+        stored = next((f.details.get("model_version") for f in findings if f.model_id == mid), None)
+        try:
+            installed = load_package(mid).meta.get("version")
+        except PackageError:
+            continue
+        if stored and installed and stored != installed:
+            notes.append(f"{mid} {stored} (installed: {installed})")
+    if not notes:
+        return ""
+    return ("Findings of the last run come from " + ", ".join(notes) + ": run AI again to review "
+            "with the installed package (refused if this study was already reviewed under the older one)")
+
+
 class StudySession:
     """The workstation's current study over one :class:`ReviewStore`.
 
@@ -75,7 +97,9 @@ class StudySession:
     ``None`` before a study is opened), ``review`` (the :class:`ReviewSession`, ``None`` while the
     study has no findings), ``run`` (the AI run adopted in this session, any object; ``None`` for
     a restored study), ``saved_runs`` (model id -> :class:`~radreview.review.runs.SavedRun`
-    restored on reopen), ``measurements`` (the study's saved measurement dicts), ``message`` (a
+    restored on reopen), ``context`` (the :class:`~radreview.review.findings.ContextStructure`
+    list of the run in use or restored: labels the card marks ``"role": "context"``, not
+    findings), ``measurements`` (the study's saved measurement dicts), ``message`` (a
     note for the user about the last open, e.g. a run file that failed its SHA-256) and
     ``addendum_reason`` (set while a signed-off study is opened for an addendum).
     """
@@ -92,6 +116,7 @@ class StudySession:
         self.review: ReviewSession | None = None
         self.run = None
         self.saved_runs: dict = {}
+        self.context: list[ContextStructure] = []
         self.measurements: list[dict] = []
         self.message = ""
         self.addendum_reason: str | None = None
@@ -113,7 +138,10 @@ class StudySession:
             self.saved_runs = {}
             self.message = f"Last run not restored: {exc}"
         self.review = ReviewSession(self.store, k.key, findings, k.weak) if findings else None
+        self.context = [context_from_dict(c) for r in self.saved_runs.values() for c in r.data.get("context", [])]
         self.measurements = self.store.load_measurements(k.key)
+        if not self.message:
+            self.message = _older_run_note(findings)
         return self
 
     def adopt_run(self, volume, run, actor: str = "radreview",
@@ -138,6 +166,7 @@ class StudySession:
             self.saved_runs = {}
         self.key, self.key_warning = k.key, k.weak
         self.review, self.run = review, run
+        self.context = list(getattr(run, "context", []) or [])
         self.addendum_reason = None
         return review
 
@@ -150,6 +179,7 @@ class StudySession:
             review.check_packages(packages, actor)
         if k.key != self.key:
             self.measurements = self.store.load_measurements(k.key)
+            self.context = []
         self.key, self.key_warning, self.review = k.key, k.weak, review
         return review
 
@@ -164,6 +194,13 @@ class StudySession:
 
     def not_assessed(self) -> list[Finding]:
         return [f for f in self.findings() if f.status is FindingStatus.NOT_ASSESSED]
+
+    def context_text(self) -> str:
+        """One line naming the context structures, e.g. ``"Context: body, lungs, bone (not
+        findings)"``; ``""`` when there are none."""
+        if not self.context:
+            return ""
+        return f"Context: {', '.join(c.name for c in self.context)} (not findings)"
 
     def decisions(self) -> dict[str, DecisionRecord]:
         """Latest decision per finding id."""
@@ -281,7 +318,8 @@ class StudySession:
             As :meth:`ReviewSession.sign_off`.
         """
         review = self._need_review()
-        ts = review.sign_off(reviewer, measurements=self.store.load_measurements(review.key))
+        ts = review.sign_off(reviewer, measurements=self.store.load_measurements(review.key),
+                             context=[c.as_dict() for c in self.context])
         self.addendum_reason = None
         return ts
 
@@ -297,10 +335,13 @@ class StudySession:
 
     def as_dict(self) -> dict[str, Any]:
         """The ``radreview review --json`` object: ``study``, ``study_key_warning``, ``state``,
-        ``findings`` (each :meth:`finding_row`), ``not_assessed`` (``id``, ``reason``) and
+        ``findings`` (each :meth:`finding_row`; every one has a ``status``), ``not_assessed``
+        (``id``, ``reason``), ``context`` (each :meth:`ContextStructure.as_dict`: ``name``,
+        ``volume_ml``, ``"role": "context"``, no status: anatomy, not findings) and
         ``measurements`` (the study's saved measurement dicts, LPS mm)."""
         decisions = self.decisions()
         return {"study": self.key, "study_key_warning": self.key_warning, "state": self.state(),
                 "findings": [self.finding_row(f, decisions) for f in self.findings()],
                 "not_assessed": [{"id": f.id, "reason": f.reason} for f in self.not_assessed()],
+                "context": [c.as_dict() for c in self.context],
                 "measurements": self.store.load_measurements(self.key) if self.key else []}

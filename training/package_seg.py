@@ -52,6 +52,15 @@ DEFINITIONS = {
 }
 
 
+# Where each label can be and its smallest plausible volume (radreview.review.plausibility), and
+# whether it is a review finding or anatomical context (radreview.review.findings)
+PLAUSIBLE = {"background": ("any", 0.0), "body": ("any", 100.0), "lungs": ("chest", 200.0), "liver": ("abdomen", 300.0),
+             "spleen": ("abdomen", 30.0), "kidneys": ("abdomen", 40.0), "bone": ("any", 5.0)}
+CONTEXT = {"body", "lungs", "bone"}
+PLAUSIBILITY_NOTE = 'min_volume_ml: well below the smallest normal adult organ volume (liver ~1200-1800 mL, spleen ~100-250 mL, each kidney ~120-170 mL, lungs several litres), so only fragments are suppressed; body_region: where the organ lies (radreview.review.plausibility)'
+CONTEXT_NOTE = 'role context (body, lungs, bone): anatomical context, listed with its volume and drawn, never a finding to decide (the lungs place nodule rows in a lobe or lung half); role finding (liver, spleen, kidneys): a review finding (radreview.review.findings). 0.1.1 differs from 0.1.0 only in these roles and this policy; the weights are the same.'
+
+
 # Honesty about model selection: the held-out volume was evaluated for two training runs.
 RUN_HISTORY = (
     "Two training runs were evaluated on the held-out volume, so its numbers are not fully untouched. "
@@ -69,10 +78,13 @@ def card(pkg_dir: Path, metrics: dict, deltas: dict) -> dict:
         cat_v, cat_m, typ_v, typ_m = SNOMED[name]
         labels.append({"index": i, "name": name, "color": COLORS[name], "definition": DEFINITIONS[name],
                        "snomed": {"category": {"scheme": "SCT", "value": cat_v, "meaning": cat_m},
-                                  "type": {"scheme": "SCT", "value": typ_v, "meaning": typ_m}}})
+                                  "type": {"scheme": "SCT", "value": typ_v, "meaning": typ_m}},
+                       "body_region": PLAUSIBLE[name][0], "min_volume_ml": PLAUSIBLE[name][1]})
+        if i:
+            labels[-1]["role"] = "context" if name in CONTEXT else "finding"
     return {
         "id": "ct-organs-2p5d",
-        "version": "0.1.0",
+        "version": "0.1.1",
         "task": "segmentation",
         "modality": ["CT"],
         "modality_mismatch": "refuse",
@@ -86,8 +98,8 @@ def card(pkg_dir: Path, metrics: dict, deltas: dict) -> dict:
         "files": {k: {"path": f, "sha256": sha256_file(pkg_dir / f)} for k, f in
                   (("fp32", "fp32.onnx"), ("int8", "int8.onnx"), ("state_dict", "state_dict.pt"))},
         "calibration": {"temperature": 1.0, "note": "not temperature-scaled (no held-out calibration set for segmentation)"},
-        "review_policy": {"confidence_threshold": {"body": 0.8, "lungs": 0.85, "liver": 0.85, "spleen": 0.85,
-                                                   "kidneys": 0.85, "bone": 0.8}},
+        "review_policy": {"confidence_threshold": {"liver": 0.85, "spleen": 0.85, "kidneys": 0.85},
+                          "plausibility_note": PLAUSIBILITY_NOTE, "context_note": CONTEXT_NOTE},
         "training_data": [
             {"name": "abdB", "source": "shared/data/ct-abdomen-nifti/ct.nii.gz slices 82-111 + totalsegmentator_labels_30slices.nii.gz",
              "patient": "B", "licence": "Apache-2.0 (TotalSegmentator test data)"},

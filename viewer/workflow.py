@@ -14,7 +14,8 @@ from radreview.inference.package import ModelPackage, PackageError, load_package
 from radreview.inference.runtime import InferTask, Precision, Task, TaskRun, make_task, models_for_study
 from radreview.inference.segment import SegmentationResult
 from radreview.review.findings import (
-    Finding, ReviewSession, finding_from_dict, findings_from_classification, findings_from_segmentation, study_key_info,
+    ContextStructure, Finding, ReviewSession, context_from_segmentation, finding_from_dict, findings_from_classification,
+    findings_from_segmentation, study_key_info,
 )
 from radreview.review.plausibility import ScanCoverage, scan_coverage
 from radreview.review.runs import SavedRun, load_last_run, save_run
@@ -31,6 +32,8 @@ class AIRun:
     """Everything one Run AI produced for a study."""
 
     findings: list[Finding] = field(default_factory=list)
+    #: labels the card marks ``"role": "context"`` (body, lungs, bone): listed, drawn, never findings
+    context: list[ContextStructure] = field(default_factory=list)
     segmentations: dict[str, SegmentationResult] = field(default_factory=dict)
     classifications: dict[str, ClassificationResult] = field(default_factory=dict)
     packages: dict[str, ModelPackage] = field(default_factory=dict)
@@ -69,6 +72,7 @@ def _seg_findings(run: AIRun, volume: Volume, res, pkg: ModelPackage, overrides:
     run.segmentations[pkg.id] = res
     if run.coverage is None:
         run.coverage = coverage_of(volume)
+    run.context += context_from_segmentation(res, pkg, run.coverage)
     return findings_from_segmentation(res, pkg, overrides, run.coverage)
 
 
@@ -160,7 +164,8 @@ def open_session(store: ReviewStore, volume: Volume, findings: list[Finding],
 def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: str = "radreview") -> None:
     """Persist a run so reopening the study restores it: the findings (table ``findings``) and
     each model's outputs (:func:`radreview.review.runs.save_run`: the label map ``(z, y, x)``
-    uint8/uint16 with the per-label stats, or the candidate list), with their SHA-256."""
+    uint8/uint16 with the per-label stats and the context structures (``"context"``), or the
+    candidate list), with their SHA-256."""
     store.save_findings(session.key, [f.as_dict() for f in run.findings], actor)
     for mid, pkg in run.packages.items():
         version, sha = pkg.meta["version"], package_hash(pkg)
@@ -169,6 +174,7 @@ def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: s
             labels = res.labels.astype(np.uint8 if int(res.labels.max(initial=0)) < 256 else np.uint16)
             save_run(store, session.key, mid, version, sha, {"labels": labels},
                      {"task": "segmentation", **res.findings_json(),
+                      "context": [c.as_dict() for c in run.context if c.model_id == mid],
                       "stats": [{**s.as_dict(), "color": list(s.color),
                                  "centroid_lps": None if s.centroid_lps is None else list(s.centroid_lps)} for s in res.stats]},
                      actor)

@@ -32,7 +32,11 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
         assert panel.table.item(r, 0).background().color() == STATUS_COLORS[f.status]
     assert STATUS_COLORS[FindingStatus.NEEDS_REVIEW] == FLAG_BG  # amber
     skipped = [f for f in run.findings if f.status is FindingStatus.NOT_ASSESSED]
-    assert {f.name for f in skipped} >= {"lungs", "kidneys"}  # table-foam "lungs", 2 mL "kidneys" on an abdominal CT
+    assert "kidneys" in {f.name for f in skipped}  # 2 mL "kidneys" on an abdominal CT
+    # body, lungs and bone are anatomical context (card role "context"): one line, no table rows, no decision
+    assert not {"body", "lungs", "bone"} & {f.name for f in run.findings}
+    assert panel.context_label.text() == "Context: body, lungs, bone (not findings)"
+    assert "lungs: not assessed" in panel.context_label.toolTip()  # table-foam "lungs" on an abdominal CT
     texts = [panel.not_assessed.item(i).text() for i in range(panel.not_assessed.count())]
     assert any(t.startswith("kidneys") and "40 mL" in t for t in texts)
     assert "Weak study key" in panel.key_label.text()  # the sample CT has no Study Instance UID
@@ -61,9 +65,7 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
     qtbot.keyClick(panel.table, Qt.Key_N)  # next, wrapping to the first one
     second = panel.selected()
     assert second.id == remaining[0]
-    with qtbot.waitSignal(panel.decision_saved):  # A accepts the selected one
-        qtbot.keyClick(panel.table, Qt.Key_A)
-    assert panel.session.decisions[second.id]["decision"] == "accept"
+    assert second.status is FindingStatus.AI_POSITIVE  # left for "Confirm all AI positives"; A is used in the addendum
     # the remaining Needs review ones by button, the AI positives in one explicit, logged action
     for f in panel.session.pending():
         if f.status is FindingStatus.NEEDS_REVIEW:
@@ -72,7 +74,7 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
                 qtbot.mouseClick(panel.accept_b, Qt.LeftButton)
     with qtbot.waitSignal(panel.positives_confirmed) as confirmed:
         qtbot.mouseClick(panel.confirm_all_b, Qt.LeftButton)
-    assert confirmed.args[0] and all(by_id[i].status is FindingStatus.AI_POSITIVE for i in confirmed.args[0])
+    assert second.id in confirmed.args[0] and all(by_id[i].status is FindingStatus.AI_POSITIVE for i in confirmed.args[0])
     assert not window.banner.isVisible()
     with qtbot.waitSignal(panel.signed_off):
         qtbot.mouseClick(panel.signoff_b, Qt.LeftButton)
@@ -96,8 +98,9 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
     qtbot.mouseClick(panel.addendum_b, Qt.LeftButton)
     assert panel.accept_b.isEnabled() and "second read" in panel.message.text()
     panel.select(first.id)
-    with qtbot.waitSignal(panel.decision_saved):
-        qtbot.mouseClick(panel.accept_b, Qt.LeftButton)
+    panel.table.setFocus()
+    with qtbot.waitSignal(panel.decision_saved):  # A accepts the selected one
+        qtbot.keyClick(panel.table, Qt.Key_A)
     r = [f.id for f in panel.rows()].index(first.id)
     assert panel.table.item(r, panel.DECISION_COL).text() == "accept (addendum)"
     assert "addendum pending sign-off" in panel.state_label.text()
@@ -114,6 +117,7 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
     decided = {p2.table.item(r, 0).text(): p2.table.item(r, p2.DECISION_COL).text() for r in range(p2.table.rowCount())}
     assert decided[first.id] == "accept (addendum)" and decided[second.id] == "accept"
     assert "Signed off by dr gui" in p2.state_label.text() and not p2.accept_b.isEnabled()
+    assert p2.context_label.text() == "Context: body, lungs, bone (not findings)"  # restored with the run
     assert p2.reviewer.text() == "dr gui"
     ov = win2.model.overlays.get("ai-segmentation")
     assert ov is not None and np.array_equal(ov.labels, labels)

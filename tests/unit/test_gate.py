@@ -28,6 +28,7 @@ from radreview.review.runs import RunChanged, load_last_run
 from radreview.review.settings import remember_reviewer, remembered_reviewer
 from radreview.review.store import ReviewStore, StoreLocked, StoreMissing, StoreTampered
 from radreview.studies import open_volume
+from radreview.review.workstation import StudySession
 from radreview.viewer.workflow import open_session, restore_last_run, run_models, save_ai_run
 
 ORG = "ct-organs-2p5d"
@@ -322,14 +323,17 @@ def test_chest_ct_organs_outside_the_scan_are_not_assessed(data_dir, tmp_path):
     for name in ("liver", "spleen", "kidneys"):
         assert f[name].status is FindingStatus.NOT_ASSESSED, (name, f[name].reason)
     assert "body region" in f["liver"].reason or "outside" in f["liver"].reason
-    assert f["lungs"].status is not FindingStatus.NOT_ASSESSED and f["lungs"].details["volume_ml"] > 1000
+    # body, lungs and bone are anatomical context (card role "context"), never findings to decide
+    assert not {"body", "lungs", "bone"} & set(f)
+    ctx = {c.name: c for c in run.context}
+    assert set(ctx) == {"body", "lungs", "bone"} and ctx["lungs"].volume_ml > 1000 and ctx["lungs"].not_assessed is None
     assert "below the plausible minimum of 40 mL" in f["kidneys"].reason
     abd, run2 = vol, run
     # reopening restores the run: findings, label map (checked by SHA-256), decisions, reviewer
     st = ReviewStore(tmp_path / "r.sqlite")
     s = open_session(st, abd, run2.findings, run2.package_hashes())
     save_ai_run(st, s, run2)
-    s.decide("lungs", "accept", "dr restore")
+    s.decide("liver", "reject", "dr restore")
     remember_reviewer("dr restore")
     st.close()
     st2 = ReviewStore(tmp_path / "r.sqlite")
@@ -338,7 +342,8 @@ def test_chest_ct_organs_outside_the_scan_are_not_assessed(data_dir, tmp_path):
     assert [x.status for x in findings] == [x.status for x in run2.findings]
     assert np.array_equal(saved[ORG].arrays["labels"], run2.segmentations[ORG].labels)
     assert saved[ORG].package_sha256 == run2.package_hashes()[ORG][1]
-    assert st2.decisions(s.key)[f"{ORG}:lungs"]["reviewer"] == "dr restore"
+    assert st2.decisions(s.key)[f"{ORG}:liver"]["reviewer"] == "dr restore"
+    assert [c.as_dict() for c in StudySession(st2).open_study(abd).context] == [c.as_dict() for c in run2.context]
     assert remembered_reviewer() == "dr restore"
     labels_file = saved[ORG].folder / "labels.npz"
     np.savez_compressed(labels_file, array=np.zeros_like(saved[ORG].arrays["labels"]))  # swapped on disk
@@ -354,8 +359,11 @@ def test_cli_gate_contract(ct_series, tmp_path):
     assert p.returncode == 2 and "sign-off refused" in p.stderr and "(AI positive)" in p.stderr
     data = json.loads(p.stdout.strip().splitlines()[-1])
     st = {f["name"]: f for f in data["findings"]}
-    assert st["liver"]["status"] == "ai_positive" and st["lungs"]["status"] == "not_assessed"
-    assert st["lungs"]["reason"] and {"id": f"{ORG}:lungs", "reason": st["lungs"]["reason"]} in data["not_assessed"]
+    assert st["liver"]["status"] == "ai_positive" and not {"body", "lungs", "bone"} & set(st)
+    assert {f["status"] for f in data["findings"]} <= {"needs_review", "ai_positive", "ai_negative", "not_assessed"}
+    ctx = {c["name"]: c for c in data["context"]}  # anatomical context: listed apart, no status
+    assert set(ctx) == {"body", "lungs", "bone"} and all(c["role"] == "context" and "status" not in c for c in ctx.values())
+    assert ctx["body"]["volume_ml"] > 1000 and "body region" in ctx["lungs"]["not_assessed"]  # table-foam "lungs"
     assert st["kidneys"]["status"] == "not_assessed" and "40 mL" in st["kidneys"]["reason"]  # 2 mL of "kidneys"
     needs = [f["id"] for f in data["findings"] if f["status"] == "needs_review"]
     decide = sum((["--decide", f"{fid}=accept"] for fid in needs), [])

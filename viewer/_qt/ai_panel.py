@@ -277,6 +277,7 @@ class AIPanel(QWidget):
         flagged = {f.name for f in run.findings if f.needs_review and f.kind == "segmentation"}
         # a label that cannot be in this scan (review.plausibility) is not a finding: not drawn by default
         hidden = {f.name for f in run.findings if f.kind == "segmentation" and getattr(f, "not_assessed", None)}
+        hidden |= {c.name for c in getattr(run, "context", []) if c.not_assessed}  # e.g. table-foam "lungs"
         secs = sum(r.seconds for r in [*segs, *run.classifications.values()])
         text = (f"{', '.join(run.packages)} ({self.precision_box.currentText()}): {secs:.1f} s"
                 + (f" — refused: {'; '.join(run.refused.values())}" if run.refused else ""))

@@ -8,7 +8,9 @@ it is saved.
 
 * Table rows: **Needs review** (amber), **AI positive** (red), **AI negative** (grey-green), each
   with its answer in words and the reason; **Not assessed** labels are listed separately with
-  the reason they cannot be in this scan. The study answer ("Nodule >= 6 mm: yes, p 0.92") sits
+  the reason they cannot be in this scan; the labels the model card marks as anatomical context
+  (body, lungs, bone) are not findings: one line names them ("Context: body, lungs, bone (not
+  findings)"), their volumes in its tooltip. The study answer ("Nodule >= 6 mm: yes, p 0.92") sits
   above the table.
 * Keyboard (table focused): N / Shift+N next / previous finding still needing a decision;
   A / R accept / reject the selected finding.
@@ -95,6 +97,9 @@ class ReviewPanel(QWidget):
         self.answer_label.setWordWrap(True)
         self.answer_label.setStyleSheet("font-weight:bold;")
         self.state_label = QLabel("")
+        #: "Context: body, lungs, bone (not findings)": the card's context labels, not table rows
+        self.context_label = QLabel("")
+        self.context_label.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -151,6 +156,7 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.key_label)
         lay.addWidget(self.answer_label)
         lay.addWidget(self.table, 1)
+        lay.addWidget(self.context_label)
         lay.addWidget(QLabel("Not assessed (cannot be in this scan):"))
         lay.addWidget(self.not_assessed)
         lay.addWidget(self.reason)
@@ -283,6 +289,8 @@ class ReviewPanel(QWidget):
         for f in study.not_assessed() if study else []:
             self.not_assessed.addItem(f"{f.name} — {f.reason}")
         self.answer_label.setText("\n".join(study.answers()) if study else "")
+        self.context_label.setText(study.context_text() if study else "")
+        self.context_label.setToolTip("\n".join(c.text for c in study.context) if study else "")
         if self.session and self.session.key_warning:
             self.key_label.setText(f"\u26a0 Weak study key: {self.session.key_warning}")
             self.key_label.setStyleSheet("color:#8a5300;")

@@ -1,6 +1,13 @@
 """``radreview audit verify [--db FILE]``: the review store's hash chain, its head file
 (``<db>.head``, HMAC) and its state tables replayed from the audit rows; non-zero naming every
-problem (a reading-session database has its own chain)."""
+problem (a reading-session database has its own chain).
+
+``radreview audit adopt --db FILE --reason TEXT [--user NAME]``: adopt a review database written
+by radreview 0.1, which has no chain head file and is therefore refused on open. The chain must
+be internally intact (every hash link, the in-database head, the state tables replayed from the
+audit rows); then an audit row ``adopted`` (user, time, reason) is appended and the signed head
+file written (:func:`radreview.review.store.adopt_database`). A database that already has a head
+file, or fails a check, is refused (exit 2, one line) and left untouched."""
 
 from __future__ import annotations
 
@@ -58,9 +65,38 @@ def _audit(args) -> int:
     return 0
 
 
+def _adopt(args) -> int:
+    import getpass
+
+    from radreview.review.store import adopt_database
+
+    if not _is_review_store(args.db):
+        if not os.path.isfile(args.db):
+            raise CliError(f"{args.db}: no such review database (check the path)")
+        raise CliError(f"{args.db}: not a radreview review database; nothing was changed")
+    user = args.user
+    if not user:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            raise CliError("no user name for the adopted event: give --user NAME") from None
+    # AdoptRefused / StoreMissing / StoreCorrupt / StoreLocked are RadreviewErrors: one line, exit 2
+    rep = adopt_database(args.db, user, args.reason)
+    print(f"adopted {args.db} by {user}: {rep.rows} audit rows (the last one 'adopted'), chain head file written; "
+          "hash chain intact")
+    return 0
+
+
 def add_subparser(sub) -> None:
-    au = sub.add_parser("audit", help="verify the hash-chained audit log")
+    au = sub.add_parser("audit", help="verify the hash-chained audit log; adopt a radreview 0.1 database")
     au.set_defaults(func=_audit)
     ausub = au.add_subparsers(dest="audit_cmd", required=True)
-    av = ausub.add_parser("verify")
+    av = ausub.add_parser("verify", help="check the hash chain, its head file and the state tables")
     av.add_argument("--db", default=None)
+    av.set_defaults(func=_audit)
+    ad = ausub.add_parser("adopt", help="adopt a review database written by radreview 0.1 (no chain head file): "
+                                        "checks its chain, logs an 'adopted' event, writes the head file")
+    ad.add_argument("--db", required=True, help="the review database file")
+    ad.add_argument("--reason", required=True, help="why this database is adopted (kept in the audit log)")
+    ad.add_argument("--user", default=None, help="who adopts it (default: the OS user name)")
+    ad.set_defaults(func=_adopt)

@@ -1,8 +1,10 @@
 """``radreview review PATH ...``: run the models, record decisions and sign off, headless.
 
 Contract: ``--json`` prints one object ``{"study", "study_key_warning", "state", "findings": [...],
-"not_assessed": [...], "measurements": [...]}`` (:meth:`radreview.review.workstation.StudySession.as_dict`;
-``measurements``: the ruler, angle and ROI dicts saved with the study, LPS mm); every finding has
+"not_assessed": [...], "context": [...], "measurements": [...]}`` (:meth:`radreview.review.workstation.StudySession.as_dict`;
+``context``: the labels the model card marks ``"role": "context"`` (body, lungs, bone), each with
+``name``, ``volume_ml`` and ``"role": "context"`` and no status — anatomy, not findings, never
+decided; ``measurements``: the ruler, angle and ROI dicts saved with the study, LPS mm); every finding has
 ``status`` (``needs_review``, ``ai_positive``, ``ai_negative`` or ``not_assessed``), ``reason``,
 ``answer`` and, for classification, ``probability``. ``--sign-off`` is refused (exit 2, pending findings listed) while a
 ``needs_review`` or ``ai_positive`` finding has no decision, and when nothing changed since the
@@ -126,6 +128,8 @@ def _review(args) -> int:
                       f"{'-' if d is None else d.decision.value}")
             for f in study.not_assessed():
                 print(f"  {f.id:38} Not assessed: {f.reason}")
+            if study.context:
+                print(f"  {study.context_text()}: " + "; ".join(c.text for c in study.context))
         if args.sign_off:
             try:
                 ts = study.sign_off(reviewer)

@@ -109,6 +109,7 @@ class LabelOverlay(Evented):
         self._lut8 = np.clip(np.rint(self._lut), 0, 255).astype(np.uint8)
         self._sets = (frozenset(self.flagged), frozenset(self.outline_only))
         self._clip = not (np.issubdtype(self.labels.dtype, np.unsignedinteger) and np.iinfo(self.labels.dtype).max < n)
+        self.__dict__["_version"] = self.__dict__.get("_version", 0) + 1  # display state (see _tables)
 
     def set_visible(self, index: int, on: bool) -> None:
         """Show or hide one label; emits ``changed("visible")`` when it changes."""
@@ -148,36 +149,75 @@ class LabelOverlay(Evented):
         lab = self.slice_labels(mapping, index)
         if self._clip:
             lab = np.minimum(lab, len(self._lut) - 1)
-        on = self._on[lab]
+        on = self._on.take(lab)
         if not on.any():
             return rgb
         rows = np.flatnonzero(on.any(axis=1))
         cols = np.flatnonzero(on.any(axis=0))
-        r0, r1 = max(rows[0] - 1, 0), rows[-1] + 2
-        c0, c1 = max(cols[0] - 1, 0), cols[-1] + 2
-        lab, on = lab[r0:r1, c0:c1], on[r0:r1, c0:c1]
+        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, lab.shape[0])  # clipped: the hatch below
+        c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, lab.shape[1])  # needs the block's true shape
+        lab = lab[r0:r1, c0:c1]
         edge = outline(lab)
-        if self.mode == "outline":
-            base = 1.0
-            a = (on & edge).astype(np.float32)
-        else:
-            base = float(np.clip(self.opacity, 0, 1))
-            a = np.where(on, np.float32(base), np.float32(0))
-            if self.outline_only:
-                oo = self._oo[lab]
-                if oo.any():
-                    a = np.where(oo, (edge & on).astype(np.float32), a)
-        if self.flagged:
-            fl = self._fl[lab] & on
-            if fl.any():  # hatched fill + solid outline for findings that need review
-                hatch = _hatch(r1 - r0, c1 - c0, r0, c0)
-                strong = np.float32(1 - (1 - base) * 0.3)
-                a = np.where(fl, np.where(hatch | edge, strong, np.float32(0)), a)
-        if not a.any():
+        base_t, edge_t, hatch_t, tables = self._tables()
+        key = base_t.take(lab)  # per pixel: 256 * (LUT row), see _tables
+        if self.flagged and self._fl[lab].any():
+            key = np.where(_hatch(r1 - r0, c1 - c0, r0, c0), hatch_t.take(lab), key)
+        key = np.where(edge, edge_t.take(lab), key)
+        if not key.any():
             return rgb
         out = rgb.copy()
-        out[r0:r1, c0:c1] = _blend(out[r0:r1, c0:c1], self._lut8[lab], a)
+        blk = out[r0:r1, c0:c1]
+        for ch in range(3):
+            blk[..., ch] = tables[ch].take(key + blk[..., ch])
         return out
+
+    def _tables(self):
+        """Look-up tables of the current display state, cached until it changes.
+
+        Each shown label (the ``j``-th of ``m - 1``) has three looks, rows of a table of ``3 m``:
+        ``j`` fill (alpha ``opacity``), ``m + j`` strong (flagged hatch and outline), ``2 m + j``
+        solid (alpha 1: outlines, outline-only labels); row 0 draws nothing. ``base_t``,
+        ``edge_t``, ``hatch_t`` ``(n,)`` give, per label value, 256 x the row drawn on an inner,
+        an outline and a hatch pixel. ``tables`` ``(3, 3 m * 256)`` uint8 hold, per channel,
+        ``(x * (256 - w) + colour * w) >> 8`` at ``256 * row + x`` for input value ``x``, the
+        weight ``w = rint(alpha * 256)`` of :func:`_blend` (so pixels match it exactly); blending
+        a slice is then one table look-up per channel and pixel.
+        """
+        state = (self.mode, float(np.clip(self.opacity, 0, 1)), self._version)
+        cached = self.__dict__.get("_tables_cache")
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        on, oo, fl = self._on, self._oo, self._fl
+        ids = np.flatnonzero(on)  # the label values drawn: the tables' size follows them, not max(label)
+        m = len(ids) + 1
+        dt = np.uint16 if 3 * m <= 256 else np.uint32
+        row = np.zeros(len(on), np.int64)
+        row[ids] = np.arange(1, m)
+        outline_mode = self.mode == "outline"
+        base = 1.0 if outline_mode else state[1]
+        fill = on & ~oo & ~fl & (not outline_mode)
+        base_t = np.where(fill, row, 0)
+        edge_t = np.where(fill, row, np.where(on, 2 * m + row, 0))
+        hatch_t = base_t.copy()
+        edge_t[on & fl] = m + row[on & fl]
+        hatch_t[on & fl] = m + row[on & fl]
+        w = np.concatenate([np.full(m, _weight(base)), np.full(m, _weight(1 - (1 - base) * 0.3)), np.full(m, 256)])
+        w[0] = 0
+        colm = np.zeros((m, 3), np.int64)
+        colm[1:] = self._lut8[ids]
+        col = np.tile(colm, (3, 1))  # (3 m, 3)
+        x = np.arange(256, dtype=np.int64)
+        tables = np.empty((3, 3 * m * 256), np.uint8)
+        for ch in range(3):
+            tables[ch] = ((x[None, :] * (256 - w[:, None]) + (col[:, ch] * w)[:, None]) >> 8).ravel()
+        out = (base_t.astype(dt) * 256, edge_t.astype(dt) * 256, hatch_t.astype(dt) * 256, tables)
+        self.__dict__["_tables_cache"] = (state, out)
+        return out
+
+
+def _weight(alpha: float) -> int:
+    """8-bit fixed-point weight ``rint(alpha * 256)`` (float32, as :func:`_blend` computes it)."""
+    return int(np.rint(np.float32(alpha) * np.float32(256)))
 
 
 def _blend(block: np.ndarray, col: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -262,11 +302,33 @@ class HeatmapOverlay(Evented):
         rows = np.flatnonzero(show.any(axis=1))
         cols = np.flatnonzero(show.any(axis=0))
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        q, show = q[r0:r1, c0:c1], show[r0:r1, c0:c1]
-        a = np.where(show, np.float32(np.clip(self.opacity, 0, 1)), np.float32(0))
+        q = q[r0:r1, c0:c1]
+        tables = self._tables()
+        key = q.astype(np.uint16) << 8
         out = rgb.copy()
-        out[r0:r1, c0:c1] = _blend(out[r0:r1, c0:c1], self._lut8[q], a)
+        blk = out[r0:r1, c0:c1]
+        for ch in range(3):
+            blk[..., ch] = tables[ch].take(key + blk[..., ch])
         return out
+
+    def _tables(self) -> np.ndarray:
+        """``(3, 256 * 256)`` uint8 per-channel blend tables of the current ``opacity`` and
+        ``cutoff``, cached: at ``256 * q + x`` (heat level ``q``, input value ``x``) the
+        :func:`_blend` result ``(x * (256 - w) + colour(q) * w) >> 8``, ``x`` itself below the cutoff."""
+        cut = int(np.ceil(float(self.cutoff) * 255 - 1e-6))
+        state = (float(np.clip(self.opacity, 0, 1)), cut)
+        cached = self.__dict__.get("_tables_cache")
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        w = np.full(256, _weight(state[0]), np.int64)
+        w[:max(cut, 0)] = 0
+        x = np.arange(256, dtype=np.int64)
+        col = self._lut8.astype(np.int64)
+        tables = np.empty((3, 256 * 256), np.uint8)
+        for ch in range(3):
+            tables[ch] = ((x[None, :] * (256 - w[:, None]) + (col[:, ch] * w)[:, None]) >> 8).ravel()
+        self.__dict__["_tables_cache"] = (state, tables)
+        return tables
 
 
 MARKER_RGB = (255, 64, 64)  # AI finding

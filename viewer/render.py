@@ -110,20 +110,6 @@ def volume_to_vtk(volume: Volume, max_dim: int | None = None) -> vtk.vtkImageDat
     return img
 
 
-def _rgb_image(rgb: np.ndarray, spacing_rc: tuple[float, float], target: vtk.vtkImageData | None = None):
-    rows, cols, _ = rgb.shape
-    img = target or vtk.vtkImageData()
-    img.SetDimensions(cols, rows, 1)
-    img.SetSpacing(spacing_rc[1], spacing_rc[0], 1.0)
-    img.SetOrigin(0.0, 0.0, 0.0)
-    flipped = np.ascontiguousarray(rgb[::-1]).reshape(-1, 3)
-    arr = numpy_support.numpy_to_vtk(flipped, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
-    arr.SetName("rgb")
-    img.GetPointData().SetScalars(arr)
-    img.Modified()
-    return img
-
-
 class SliceScene:
     """One MPR plane: the windowed slice, crosshair, orientation letters and corner text.
 
@@ -243,7 +229,7 @@ class SliceScene:
             gray = 255 - gray
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
         rgb = m.compose_overlays(rgb, self.plane)
-        _rgb_image(rgb, mapping.pixel_spacing, self.image)
+        self._upload(rgb, mapping.pixel_spacing)
         if self._shape != mapping.shape:
             self._shape = mapping.shape
             for t, letter in zip(self.letters, mapping.edge_letters):
@@ -253,6 +239,26 @@ class SliceScene:
         self.update_text()
         self.update_markers()
         self.update_colorbar()
+
+    def _upload(self, rgb: np.ndarray, spacing_rc: tuple[float, float]) -> None:
+        """Copy the composed slice ``rgb`` ``(rows, cols, 3)`` uint8 (row 0 on top) into the
+        texture: one flipped copy into a kept buffer that the VTK array shares (no new VTK
+        array, no second deep copy per step); the image geometry is set only when it changes."""
+        rows, cols, _ = rgb.shape
+        buf = getattr(self, "_rgb_buf", None)
+        geom = (rows, cols, float(spacing_rc[0]), float(spacing_rc[1]))
+        if buf is None or buf.shape != (rows * cols, 3) or getattr(self, "_geom", None) != geom:
+            buf = np.empty((rows * cols, 3), np.uint8)
+            arr = numpy_support.numpy_to_vtk(buf, deep=False, array_type=vtk.VTK_UNSIGNED_CHAR)
+            arr.SetName("rgb")
+            self._rgb_buf, self._rgb_vtk, self._geom = buf, arr, geom  # the buffer outlives the array
+            self.image.SetDimensions(cols, rows, 1)
+            self.image.SetSpacing(geom[3], geom[2], 1.0)
+            self.image.SetOrigin(0.0, 0.0, 0.0)
+            self.image.GetPointData().SetScalars(arr)
+        np.copyto(buf.reshape(rows, cols, 3), rgb[::-1])
+        self._rgb_vtk.Modified()
+        self.image.Modified()
 
     def update_markers(self) -> None:
         """Numbered circles of the listed findings cut by this slice (vector graphics above the image)."""

@@ -370,8 +370,8 @@ class MeasurePanel(QWidget):
                 self._values[x.id] = self.values_of(x)
         self.version += 1
         self._fill_table()
-        for v in self.views.values():
-            v.request_redraw()
+        for v in self.views.values():  # coalesced: one render per view on the next event-loop turn,
+            v.render_later()           # never three synchronous renders inside the caller's turn
         if save:
             self.save()
         self.measurements_changed.emit()

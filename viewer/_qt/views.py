@@ -131,10 +131,23 @@ class SliceView(_VTKHost):
         model.cursor_changed.connect(self._on_cursor)
         model.window_changed.connect(self._on_window)
         model.overlays_changed.connect(self.refresh)
+        model.overlay_changed.connect(self._on_overlay_changed)
         if model.volume is not None:
             self._on_volume(model.volume)
 
     # ---------------------------------------------------------------- model -> view
+    def _on_overlay_changed(self, name: str) -> None:
+        """One evented overlay's look changed (``ViewerModel.overlay_changed``): re-compose this
+        plane only if the overlay may draw on its shown slice (``shows_on``)."""
+        m = self.model
+        ov = m.overlays.get(name)
+        if ov is None or m.volume is None:
+            return
+        shows_on = getattr(ov, "shows_on", None)
+        if shows_on is not None and not shows_on(m.mappings[self.plane], m.slice_index(self.plane)):
+            return
+        self.refresh()
+
     def _on_volume(self, _vol) -> None:
         self.scene._shape = None
         self.scene.update_image()

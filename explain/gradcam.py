@@ -220,30 +220,30 @@ def explain_candidate(volume: Volume, package: ModelPackage, result, target: str
     return _finish(package, target, cam_grid, result.grid, volume, prob, t0, diff, allow_zero=not verify)
 
 
-def gradcam_views(net, x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Grad-CAM of the tri-planar nodule classifier for one candidate.
+def gradcam_views(net, x: np.ndarray, layer_name: str = "features") -> tuple[np.ndarray, float]:
+    """Grad-CAM of the tri-planar nodule classifier for one candidate (captum ``LayerGradCam``).
 
     ``x`` ``(1, 9, P, P)`` normalised views (``inference.classify.extract_views``). The score
-    is the question logit margin (nodule >= 6 mm minus other); the layer is ``features`` (the
-    trunk's last conv stage, shared by the three views). Original Grad-CAM: channel weights =
-    spatial mean of the gradients, map = ReLU(sum_k w_k A_k), per view, upsampled (bilinear)
-    to ``P x P``. Returns ``(cams (3, P, P) for axial (y, x), coronal (z, x), sagittal (z, y),
-    score)``.
+    is the question logit margin (nodule >= 6 mm minus other); ``layer_name`` names a layer of
+    the shared 2-D trunk (the card's ``gradcam_layer``: ``features``, the last stage at P/4, or
+    ``stem.2``, the second stage at P/2), which sees the three views as a batch of three.
+    Original Grad-CAM (Selvaraju et al., ICCV 2017): channel weights = spatial mean of the
+    gradients, map = ReLU(sum_k w_k A_k), per view, upsampled (bilinear) to ``P x P``. Returns
+    ``(cams (3, P, P) for axial (y, x), coronal (z, x), sagittal (z, y), score)``.
     """
-    acts: dict[str, torch.Tensor] = {}
-    hook = net.features.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
-    try:
-        with torch.enable_grad():
-            out = net(torch.from_numpy(x.astype(np.float32)))
-            score = out[0, 1] - out[0, 0]
-            grad = torch.autograd.grad(score, acts["a"])[0]
-    finally:
-        hook.remove()
-    a = acts["a"].detach()
-    w = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((w * a).sum(dim=1, keepdim=True))
-    up = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return up[:, 0].numpy(), float(score.detach())
+    layer = _layer(net, layer_name)
+
+    def margin(t: torch.Tensor) -> torch.Tensor:
+        out = net(t)
+        return out[:, 1] - out[:, 0]
+
+    inp = torch.from_numpy(x.astype(np.float32)).requires_grad_(True)
+    with torch.enable_grad():
+        attr = LayerGradCam(margin, layer).attribute(inp, relu_attributions=True, attr_dim_summation=True)
+    up = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    with torch.no_grad():
+        score = float(margin(torch.from_numpy(x.astype(np.float32)))[0].detach())
+    return up[:, 0].detach().numpy(), score
 
 
 def explain_triplanar(volume: Volume, package: ModelPackage, result, target: str = "study", net=None,
@@ -289,7 +289,7 @@ def explain_triplanar(volume: Volume, package: ModelPackage, result, target: str
     offsets = tuple(spec.get("plane_offsets_mm", (-2, 0, 2)))
     x = normalize(extract_views(hu, [c], P, offsets), spec["normalization"])
     diff = check_twin(net, package, x) if verify else float("nan")
-    cams, _ = gradcam_views(net, x)
+    cams, _ = gradcam_views(net, x, package.meta.get("gradcam_layer", "features"))
     cube = cams[0][None, :, :] + cams[1][:, None, :] + cams[2][:, :, None]  # (z, y, x)
     h = P // 2
     cimg = sitk.GetImageFromArray(cube.astype(np.float32))

@@ -23,7 +23,7 @@ def _met(ok) -> str:
 
 
 def render_classification(m: dict) -> str:
-    """Card of the tri-planar nodule model (0.2): every target with its measured value."""
+    """Card of the tri-planar nodule model (>= 0.2): every target with its measured value."""
     met = m["metrics"]
     f32, i8 = met["fp32"], met["int8"]
     fr32, fr8 = f32["froc"], i8["froc"]
@@ -61,7 +61,8 @@ def render_classification(m: dict) -> str:
     cal = met.get("calibration_split", {})
     lines += ["", f"Held out: {fr32['scans']} whole-scan cases with {fr32['qualifying_nodules']} qualifying pasted nodules; "
               f"{f32['candidates']} candidates ({f32['positives']} positive). Calibration split: {cal.get('cases')} cases, "
-              f"{cal.get('candidates')} candidates. Every held-out number below was measured once, on the shipped model.", "",
+              f"{cal.get('candidates')} candidates. Every held-out number below was measured once, on the shipped model"
+              + (" (see Notes for the split's earlier use)." if m.get("card_notes") else "."), "",
               "## Targets (held-out split)", "", "| target | goal | measured | |", "|---|---|---|---|",
               f"| candidate AUC, solid nodule >= 6 mm vs everything else (FP32 / INT8) | >= 0.95 | {f32['auc']} / {i8['auc']} | {_met(f32['auc'] >= 0.95)} |",
               f"| scan-level sensitivity at <= 1 FP per scan (FP32) | >= 0.9 | {s1} | {_met(s1 >= 0.9)} |",
@@ -106,8 +107,10 @@ def render_classification(m: dict) -> str:
               f"{rtm.get('top_candidate_inside_boxes')}; candidates inside the boxes: `{json.dumps(rtm.get('candidates_inside_boxes'))}`; "
               f"Lung-RADS: {rtm.get('lung_rads', {}).get('category')} ({rtm.get('lung_rads', {}).get('rule')}).", "",
               "## Explanations", "",
-              f"Grad-CAM (original ReLU formulation) on the PyTorch twin's `{m['gradcam_layer']}` layer, per view, summed into the "
-              f"candidate's cube; median {ex.get('gradcam_seconds_median')} s per finding. Randomisation Spearman values: {rho.get('values')}.", "",
+              f"Grad-CAM (original ReLU formulation, captum LayerGradCam) on the PyTorch twin's `{m['gradcam_layer']}` layer, per view, "
+              f"summed into the candidate's cube; median {ex.get('gradcam_seconds_median')} s per finding. Randomisation Spearman values: {rho.get('values')}."
+              + (f" Layer chosen on the calibration split (pointing game per layer): `{json.dumps(ex['layer_choice']['pointing_game'])}`."
+                 if ex.get("layer_choice") else ""), "",
               "## INT8", "", f"Static QDQ INT8 (percentile calibration on training views, first and last conv FP32): decision agreement "
               f"{agree}, mean |p difference| {met['int8_vs_fp32']['mean_abs_probability_difference']} over "
               f"{met['int8_vs_fp32']['candidates']} held-out candidates."]

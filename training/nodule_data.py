@@ -10,7 +10,8 @@ Backgrounds (real nodule-free lung, ``../shared/data``):
 * train: ``C`` chest CTA crop (ct-chest-crops, slices 0-79 of 112) and ``B`` the abdominal
   scan's lung bases (ct-abdomen-nifti), each also re-sliced to 5 mm and 8 mm thick slices
   (box average) for the slice-thickness gap;
-* calibration: ``C`` slices 84-111 (a separate slab of the same crop: the only other chest);
+* calibration: ``C`` slices 84-111 (a separate slab of the same crop: the only other chest),
+  native, 5 mm and (from 0.3) 8 mm;
 * test: ``D40`` and ``D70``, patient Lung_Dx-A0002 of ct-chest-tumor (B40f and B70f
   reconstructions), the slices at least 24 mm from the real adenocarcinoma's annotated boxes.
 
@@ -85,13 +86,15 @@ def tumour_boxes(folder: Path) -> list[np.ndarray]:
     return boxes
 
 
-def reslice_thick(vol: Volume, thickness_mm: float) -> Volume:
-    """The volume re-sliced to ``thickness_mm`` slices (box average along k, then every n-th)."""
+def reslice_thick(vol: Volume, thickness_mm: float, phase: int = 0) -> Volume:
+    """The volume re-sliced to ``thickness_mm`` slices (box average along k, then every n-th),
+    the first thick slice starting at native slice ``phase`` (another phase cuts the same anatomy
+    with other partial-volume averages)."""
     n = max(1, int(round(thickness_mm / vol.spacing[2])))
-    a = vol.array.astype(np.float32)
+    a = vol.array[phase:].astype(np.float32)
     k = (a.shape[0] // n) * n
     a = a[:k].reshape(k // n, n, *a.shape[1:]).mean(axis=1)
-    origin = vol.index_to_lps([0, 0, (n - 1) / 2])
+    origin = vol.index_to_lps([0, 0, phase + (n - 1) / 2])
     return Volume(np.rint(a).astype(np.int16), (vol.spacing[0], vol.spacing[1], vol.spacing[2] * n), tuple(origin),
                   vol.direction, vol.info)
 
@@ -123,14 +126,18 @@ def background(name: str) -> tuple[Volume, bool]:
         base, crop = _sub(vol, int(run[0]), int(run[-1]) + 1), False
     else:
         raise KeyError(name)
+    stem, _, phase = name.partition("@")  # "B_8mm@1": 8 mm slabs starting at native slice 1
     for suffix, t in (("_5mm", 5.0), ("_8mm", 8.0)):
-        if name.endswith(suffix):
-            base = reslice_thick(base, t)
+        if stem.endswith(suffix):
+            base = reslice_thick(base, t, int(phase or 0))
     return base, crop
 
 
 TRAIN_BGS = ["Ctrain", "Ctrain_5mm", "Ctrain_8mm", "B", "B_5mm", "B_8mm"]
-CAL_BGS = ["Ccal", "Ccal_5mm"]
+#: 0.3: the thick-slice training backgrounds again at other slab phases (hard negatives: vessels
+#: averaged into blobs by 8 mm slices look most like nodules)
+TRAIN_BGS_EXTRA = ["Ctrain_8mm@2", "Ctrain_8mm@4", "B_8mm@1", "B_8mm@2", "Ctrain_5mm@2", "B_5mm@1"]
+CAL_BGS = ["Ccal", "Ccal_5mm", "Ccal_8mm"]
 TEST_BGS = ["D40", "D70"]
 
 

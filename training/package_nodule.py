@@ -43,7 +43,7 @@ from training.train_nodule import NORM, OFFSETS, PATCH, SPACING, augment_views
 OUT = Path("resources/models/ct-nodule-2p5d")
 THRESHOLD = 0.5
 FROC_RATES = [0.125, 0.25, 0.5, 1, 2, 4, 8]
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 
 def screen(vol: Volume, crop: bool):
@@ -146,14 +146,14 @@ def plot_reliability(table_before, table_after, path: Path) -> None:
         ax.plot([b["mean_probability"] for b in tab], [b["fraction_positive"] for b in tab], marker=m, label=lab)
     ax.set_xlabel("predicted probability (15 bins)")
     ax.set_ylabel("fraction of candidates that are nodules >= 6 mm")
-    ax.set_title("ct-nodule-2p5d 0.2, held-out candidates")
+    ax.set_title(f"ct-nodule-2p5d {VERSION}, held-out candidates")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def card(T: float, metrics: dict, cparams: dict, out: Path | None = None) -> dict:
+def card(T: float, metrics: dict, cparams: dict, out: Path | None = None, layer: str = "features") -> dict:
     out = out or OUT
     return {
         "id": "ct-nodule-2p5d", "version": VERSION, "task": "classification",
@@ -173,7 +173,7 @@ def card(T: float, metrics: dict, cparams: dict, out: Path | None = None) -> dic
                         "type": {"scheme": "SCT", "value": "27925004", "meaning": "Nodule"}}}],
             "logits": "(n, 5): question pair (other, solid/part-solid nodule >= 6 mm), then nodule type (solid, part-solid, ground glass)"},
         "architecture": {"name": "TriPlanarNet", "in_ch": 3 * len(OFFSETS), "views": 3, "base": 16, "n_types": len(NODULE_TYPES), "hidden": 64},
-        "gradcam_layer": "features",
+        "gradcam_layer": layer,
         "files": {k: {"path": f, "sha256": sha256_file(out / f)} for k, f in
                   (("fp32", "fp32.onnx"), ("int8", "int8.onnx"), ("state_dict", "state_dict.pt"))},
         "calibration": {"temperature": T, "method": "temperature scaling of the question logit margin, NLL on every candidate of the "
@@ -183,11 +183,15 @@ def card(T: float, metrics: dict, cparams: dict, out: Path | None = None) -> dic
         "training_data": [
             {"name": "LIDC-IDRI train", "source": "shared/data/ct-lung-nodules-lidc: the training patients of training/nodule_split.json (real nodules and consensus masks, pasted)"},
             {"name": "C", "source": "shared/data/ct-chest-crops/chest_crop_1.nii.gz slices 0-79 (chest CTA crop), native, 5 mm and 8 mm"},
-            {"name": "B", "source": "shared/data/ct-abdomen-nifti/ct.nii.gz lung bases, native (3 mm), 5 mm and 8 mm"}],
-        "calibration_data": [{"name": "LIDC-IDRI calibration patients + C slices 84-111", "source": "training/nodule_split.json"}],
+            {"name": "B", "source": "shared/data/ct-abdomen-nifti/ct.nii.gz lung bases, native (3 mm), 5 mm and 8 mm"},
+            {"name": "C, B thick-slice phases (0.3)", "source": "the same C and B slabs re-sliced to 8 mm (and 5 mm) starting at other "
+                                                                  "native slices (training/nodule_data.py TRAIN_BGS_EXTRA): more hard negatives"}],
+        "calibration_data": [{"name": "LIDC-IDRI calibration patients + C slices 84-111", "source": "training/nodule_split.json; "
+                              "C slices 84-111 native, 5 mm and 8 mm (8 mm added in 0.3)"}],
         "heldout_data": [{"name": "LIDC-IDRI test patients + D", "source": "test patients of training/nodule_split.json pasted into "
                           "shared/data/ct-chest-tumor series_B40f and series_B70f (Lung-PET-CT-Dx A0002), slices >= 24 mm from the tumour; never trained on, never used for a choice"}],
         "metrics": metrics,
+        "card_notes": CARD_NOTES,
         "intended_use": "Research and demonstration of radreview's confidence gate and explanations; not for clinical use.",
         "limitations": [
             "Nodules are real (LIDC-IDRI crops from one public collection), but every whole-scan positive is a pasted nodule: its edge, "
@@ -200,6 +204,86 @@ def card(T: float, metrics: dict, cparams: dict, out: Path | None = None) -> dic
     }
 
 
+def calibration_report(run: Path, per_case: int = 4) -> dict:
+    """Model choice on the calibration split only (never the held-out one): FP32 of a training run
+    on the calibration cases (AUC, FROC, CPM after the temperature fitted on them) and the study
+    probability of the nodule-free calibration scans (each calibration background unpasted).
+    ``python -m training.package_nodule --run DIR --calibration-only``."""
+    from sklearn.metrics import roc_auc_score
+
+    sess = {"fp32": make_session(run / "fp32.onnx", 2)}
+    calib = nodules("calibration")
+    rng = np.random.default_rng(11)
+    order = rng.permutation(len(calib))
+    res = []
+    for j in range(0, len(order), per_case):
+        case = make_case(CAL_BGS[(j // per_case) % len(CAL_BGS)], [calib[i] for i in order[j:j + per_case]], rng, 25.0)
+        res.append(run_case(case, sess))
+    q, y = candidate_arrays(res, "fp32")
+    T = fit_temperature(q, y)
+    free = []
+    for bg in CAL_BGS:
+        vol, crop = background(bg)
+        r = run_case(Case(bg, vol, crop, []), sess)
+        top = max((row["logits"]["fp32"][1] - row["logits"]["fp32"][0] for row in r["rows"]), default=None)
+        free.append({"scan": bg, "candidates": len(r["rows"]),
+                     "study_probability": None if top is None else round(float(1 / (1 + np.exp(-top / T))), 4)})
+    return {"run": str(run), "temperature": round(T, 4), "cases": len(res), "candidates": int(len(y)), "positives": int(y.sum()),
+            "auc": round(float(roc_auc_score(y, q)), 4), "froc": froc(res, "fp32", T), "nodule_free": free}
+
+
+CARD_NOTES = (
+    "0.3.0 is the second model evaluated on this held-out split: 0.2.0 (900 iterations, uniform negatives) was evaluated "
+    "on it once and missed three targets (sensitivity at 1 FP per scan 0.723, nodule-free scans 0/6 below 0.5, pointing "
+    "game 0.775). Those misses are why 0.3 exists, so the split is no longer untouched; every 0.3 choice was made on the "
+    "calibration split only. Changes: hard-negative mining (every 100 iterations from iteration 200, half of each batch's "
+    "negatives drawn from the highest-scoring quarter), more thick-slice training backgrounds (other slab phases), Gaussian "
+    "noise augmentation (5-40 HU), 8000 iterations instead of 900 (the extra thick-slice backgrounds 4 pasted cases each), an 8 mm calibration background, and the Grad-CAM layer "
+    "picked by the pointing game on the calibration split. Runs compared on the calibration split only "
+    "(training/package_nodule.py --calibration-only; sensitivity at 1 FP per scan / CPM / nodule-free calibration scans "
+    "below 0.5): 0.2.0 0.750 / 0.733 / 1 of 3; 1200 iterations 0.809 / 0.769 / 1 of 3; 4000 iterations 0.868 / 0.836 / "
+    "2 of 3; 8000 iterations, extra backgrounds twice as many cases (shipped) 0.897 / 0.864 / 3 of 3. The held-out split was then evaluated once for the shipped 0.3.0 by "
+    "training/package_nodule.py."
+)
+GRADCAM_LAYERS = ("features", "stem.2")  # the trunk's last stage (P/4) and the one before it (P/2)
+
+
+def pointing_game(results: list[dict], pkg, net, limit: int, n_random: int = 0) -> tuple[int, int, list[float], list[float]]:
+    """Grad-CAM pointing game on the qualifying pasted nodules of ``results`` (``run_case`` output)
+    that have a matching candidate, at most ``limit``: a hit when the map's maximum lies inside the
+    nodule's mask dilated by 2 mm (Zhang et al., ECCV 2016). For the first ``n_random`` the
+    Adebayo et al. (NeurIPS 2018) check: Spearman between the map and that of a fully
+    re-initialised twin, inside the candidate's cube. Returns ``(hits, tried, spearman values,
+    seconds per map)``."""
+    from radreview.explain.gradcam import explain_candidate, randomized_copy, spearman
+
+    hits = tried = 0
+    rho, times = [], []
+    for r in results:
+        if tried >= limit:
+            break
+        rr = classify(r["volume"], pkg, "fp32", 2, crop=r["crop"])
+        for i, t in enumerate(r["truth"]):
+            if not t["qualifies"] or tried >= limit:
+                continue
+            hit = [c for c in rr.candidates if match(c.center_lps, r["truth"]) == i]
+            if not hit:
+                continue
+            ex = explain_candidate(r["volume"], pkg, rr, f"candidate-{hit[0].rank}", net)
+            sp = r["volume"].spacing
+            m = sitk.GetImageFromArray(t["mask"].astype(np.uint8))
+            m.SetSpacing(sp)
+            m = sitk.GetArrayFromImage(sitk.BinaryDilate(m, [int(round(2.0 / s)) for s in sp], sitk.sitkBall)) > 0
+            ii, jj, kk = np.rint(r["volume"].lps_to_index(ex.peak_lps)).astype(int)
+            hits += bool(m[kk, jj, ii])
+            tried += 1
+            times.append(ex.seconds)
+            if len(rho) < n_random:
+                ex_r = explain_candidate(r["volume"], pkg, rr, f"candidate-{hit[0].rank}", randomized_copy(net, len(rho)), verify=False)
+                rho.append(spearman(ex.heatmap, ex_r.heatmap, region=ex.heatmap > 0))
+    return hits, tried, rho, times
+
+
 def main(argv=None):
     global OUT
     ap = argparse.ArgumentParser()
@@ -209,7 +293,13 @@ def main(argv=None):
     ap.add_argument("--gradcam", type=int, default=60, help="held-out detections explained for the pointing game")
     ap.add_argument("--out", default="resources/models/ct-nodule-2p5d")
     ap.add_argument("--max-nodules", type=int, default=0, help="smoke runs only: cap the calibration/test nodules")
+    ap.add_argument("--calibration-only", action="store_true", help="report the calibration split only (model choice)")
     args = ap.parse_args(argv)
+    if args.calibration_only:
+        rep = calibration_report(Path(args.run), args.per_case)
+        (Path(args.run) / "calibration_report.json").write_text(json.dumps(rep, indent=1))
+        print(json.dumps(rep, indent=1))
+        return
     OUT = Path(args.out)
     run = Path(args.run)
     t_all = time.time()
@@ -246,6 +336,18 @@ def main(argv=None):
     qc, yc = candidate_arrays(cal_res, "fp32")
     T = fit_temperature(qc, yc)
     print("temperature", T, "calibration candidates", len(qc), "positives", int(yc.sum()), flush=True)
+    # Grad-CAM layer chosen on the calibration split (pointing game), before any held-out case
+    from radreview.explain.gradcam import load_twin
+
+    net_c = load_twin(pkg)
+    layer_choice = {}
+    for lay in GRADCAM_LAYERS:
+        pkg.meta["gradcam_layer"] = lay
+        h, n, _, _ = pointing_game(cal_res, pkg, net_c, args.gradcam)
+        layer_choice[lay] = {"hits": h, "tried": n, "rate": round(h / max(n, 1), 3)}
+    layer = max(GRADCAM_LAYERS, key=lambda lay: (layer_choice[lay]["rate"], lay == GRADCAM_LAYERS[0]))
+    layer_choice = {"split": "calibration", "chosen": layer, "pointing_game": layer_choice}
+    print("Grad-CAM layer", json.dumps(layer_choice), flush=True)
     # 3. held-out split (once)
     test = nodules("test")
     if args.max_nodules:
@@ -315,7 +417,7 @@ def main(argv=None):
                          "candidates": len(rr.candidates), "top_logit": rr.candidates[0].raw_max if rr.candidates else None})
     met["nodule_free"] = free  # probabilities filled once T is in the card (below)
     # 4. card with T, then Grad-CAM and the real tumour through the shipped runtime
-    (OUT / "model.json").write_text(json.dumps(card(T, met, cparams), indent=1))
+    (OUT / "model.json").write_text(json.dumps(card(T, met, cparams, layer=layer), indent=1))
     pkg = load_package(OUT, check_hashes=True)
     for f in free:
         f["study_probability"] = round(float(1 / (1 + np.exp(-f["top_logit"] / T))) if f["top_logit"] is not None else 0.0, 4)
@@ -323,38 +425,18 @@ def main(argv=None):
         del f["study_probability_uncalibrated_card"], f["top_logit"]
     met["nodule_free_summary"] = {"scans": len(free), "below_threshold": sum(f["below_threshold"] for f in free),
                                   "fraction": round(sum(f["below_threshold"] for f in free) / len(free), 3)}
-    from radreview.explain.gradcam import explain_candidate, load_twin, randomized_copy, spearman
+    from radreview.explain.gradcam import load_twin
 
     net = load_twin(pkg)
-    hits = tried = 0
-    rho, times = [], []
-    for r in res:
-        if tried >= args.gradcam:
-            break
-        rr = classify(r["volume"], pkg, "fp32", 2, crop=r["crop"])
-        for i, t in enumerate(r["truth"]):
-            if not t["qualifies"]:
-                continue
-            hit = [c for c in rr.candidates if match(c.center_lps, r["truth"]) == i]
-            if not hit:
-                continue
-            ex = explain_candidate(r["volume"], pkg, rr, f"candidate-{hit[0].rank}", net)
-            sp = r["volume"].spacing
-            m = sitk.GetImageFromArray(t["mask"].astype(np.uint8))
-            m.SetSpacing(sp)
-            m = sitk.GetArrayFromImage(sitk.BinaryDilate(m, [int(round(2.0 / s)) for s in sp], sitk.sitkBall)) > 0
-            ii, jj, kk = np.rint(r["volume"].lps_to_index(ex.peak_lps)).astype(int)
-            hits += bool(m[kk, jj, ii])
-            tried += 1
-            times.append(ex.seconds)
-            if len(rho) < 10:
-                ex_r = explain_candidate(r["volume"], pkg, rr, f"candidate-{hit[0].rank}", randomized_copy(net, len(rho)), verify=False)
-                rho.append(spearman(ex.heatmap, ex_r.heatmap))
+    pkg.meta["gradcam_layer"] = layer
+    hits, tried, rho, times = pointing_game(res, pkg, net, args.gradcam, n_random=10)
     met["explanations"] = {"pointing_game": {"hits": hits, "tried": tried, "rate": round(hits / max(tried, 1), 3),
                                              "definition": "Grad-CAM maximum inside the pasted real nodule's mask dilated by 2 mm, "
                                                            "held-out qualifying nodules with a matching candidate"},
+                           "layer": layer, "layer_choice": layer_choice,
                            "randomization_spearman": {"values": [round(v, 3) for v in rho],
-                                                      "median": round(float(np.median(rho)), 3) if rho else None},
+                                                      "median": round(float(np.median(rho)), 3) if rho else None,
+                                                      "region": "inside the candidate's cube (where the shipped map is non-zero)"},
                            "gradcam_seconds_median": round(float(np.median(times)), 3) if times else None}
     # the real adenocarcinoma (D40 whole series)
     vol_d = open_volume(DATA / "ct-chest-tumor/series_B40f")
@@ -379,7 +461,7 @@ def main(argv=None):
                           "candidates_inside_boxes": [{"rank": c.rank, "probability": round(c.probability, 4),
                                                        "long_axis_mm": round(c.long_axis_mm, 1), "nodule_type": c.nodule_type} for c in ins[:5]]}
     met["seconds_total"] = round(time.time() - t_all, 1)
-    (OUT / "model.json").write_text(json.dumps(card(T, met, cparams), indent=1))
+    (OUT / "model.json").write_text(json.dumps(card(T, met, cparams, layer=layer), indent=1))
     load_package(OUT, check_hashes=True)
     from radreview.inference.package import write_manifest
 

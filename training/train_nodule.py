@@ -39,7 +39,7 @@ from radreview.inference.lungs import closed_lung_mask
 from radreview.inference.segment import normalize, to_model_grid
 from radreview.studies import Volume
 from radreview.studies.paste import paste_nodule
-from training.nodule_data import TRAIN_BGS, background, make_case, match, nodules, paste_points
+from training.nodule_data import TRAIN_BGS, TRAIN_BGS_EXTRA, background, make_case, match, nodules, paste_points
 
 SPACING = (1.0, 1.0, 1.0)
 PATCH = 32
@@ -109,13 +109,15 @@ def nodule_sample(nod, bg: str, rng, half_mm: float = 32.0):
     return cube_at(hu, c)
 
 
-def build_bank(rng, scan_reps: int = 3, per_nodule: int = 4, log=print):
-    """The training sample bank: ``(cubes (n, 40, 40, 40) int16, y (n,), type (n,), stats)``."""
+def build_bank(rng, scan_reps: int = 3, per_nodule: int = 4, log=print, bgs=TRAIN_BGS):
+    """The training sample bank: ``(cubes (n, 40, 40, 40) int16, y (n,), type (n,), stats)``:
+    ``scan_reps`` pasted cases per background of ``bgs`` (every screen candidate a sample) and
+    ``per_nodule`` pasted cubes of every training nodule (none when 0)."""
     train = nodules("train")
     cubes, ys, ts = [], [], []
     rec, ncand = [0, 0], []
     t0 = time.time()
-    for bg in TRAIN_BGS:
+    for bg in bgs:
         for _ in range(scan_reps):
             pick = [train[i] for i in rng.choice(len(train), 5, replace=False)]
             c, y, t, (h, n), k = scan_samples(bg, pick, rng)
@@ -140,8 +142,9 @@ def build_bank(rng, scan_reps: int = 3, per_nodule: int = 4, log=print):
     return np.stack(cubes), np.asarray(ys, np.int64), np.asarray(ts, np.int64), stats
 
 
-def augment_views(cube: np.ndarray, rng, train: bool = True) -> np.ndarray:
-    """Nine normalised planes ``(9, 32, 32)`` from a 40 mm cube (random sub-cube/flips when training)."""
+def augment_views(cube: np.ndarray, rng, train: bool = True, noise: bool = False) -> np.ndarray:
+    """Nine normalised planes ``(9, 32, 32)`` from a 40 mm cube (random sub-cube/flips when
+    training; with ``noise``, half the time Gaussian noise of a random 5-40 HU SD, as 0.3 trains)."""
     m = (CUBE - PATCH) // 2
     if train:
         o = rng.integers(0, 2 * m + 1, size=3)
@@ -152,6 +155,8 @@ def augment_views(cube: np.ndarray, rng, train: bool = True) -> np.ndarray:
         if rng.random() < 0.5:
             c = c.transpose(0, 2, 1)
         c = c * (1 + rng.uniform(-0.05, 0.05)) + rng.uniform(-20, 20)
+        if noise and rng.random() < 0.5:  # sharp kernels (B70f) are noisier than the training scans
+            c = c + rng.normal(0.0, rng.uniform(5.0, 40.0), c.shape).astype(np.float32)
     else:
         c = cube[m:m + PATCH, m:m + PATCH, m:m + PATCH].astype(np.float32)
     return normalize(views_of_cube(np.ascontiguousarray(c), OFFSETS), NORM)
@@ -174,6 +179,12 @@ def main(argv=None):
     ap.add_argument("--per-nodule", type=int, default=3)
     ap.add_argument("--out", default="resources/models/ct-nodule-2p5d")
     ap.add_argument("--bank", default="", help="cache the sample bank in this .npz (reused when present)")
+    ap.add_argument("--extra-bank", default="", help="0.3: cache of the extra thick-slice scan samples (TRAIN_BGS_EXTRA)")
+    ap.add_argument("--extra-reps", type=int, default=2, help="pasted cases per extra background (0: none, as 0.2)")
+    ap.add_argument("--hard-every", type=int, default=100, help="re-score every negative each N iterations (0: off, as 0.2)")
+    ap.add_argument("--hard-from", type=int, default=200, help="first iteration that samples hard negatives")
+    ap.add_argument("--hard-frac", type=float, default=0.5, help="share of a batch's negatives drawn from the hardest quarter")
+    ap.add_argument("--noise", action="store_true", help="Gaussian noise augmentation (0.3)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
@@ -195,7 +206,23 @@ def main(argv=None):
         if bank is not None:
             np.savez(bank, cubes=cubes, y=y, types=types, stats=json.dumps(stats))
     log(json.dumps(stats))
+    if args.extra_reps:  # its own seeded generator: the same bank whether cached or built
+        xb = Path(args.extra_bank) if args.extra_bank else None
+        if xb is not None and xb.is_file():
+            z = np.load(xb, allow_pickle=False)
+            xc, xy, xt, xs = z["cubes"], z["y"], z["types"], json.loads(str(z["stats"]))
+        else:
+            xc, xy, xt, xs = build_bank(np.random.default_rng(args.seed + 1000), args.extra_reps, 0, log, TRAIN_BGS_EXTRA)
+            if xb is not None:
+                np.savez(xb, cubes=xc, y=xy, types=xt, stats=json.dumps(xs))
+        xs["backgrounds"] = TRAIN_BGS_EXTRA
+        log(json.dumps({"extra": xs}))
+        cubes, y, types = np.concatenate([cubes, xc]), np.concatenate([y, xy]), np.concatenate([types, xt])
+        stats = {**stats, "extra_scan_samples": xs, "samples_total": int(len(y)), "positives_total": int(y.sum())}
+    rng = np.random.default_rng(args.seed + 2000)  # training draws: independent of how the bank was obtained
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    hard = neg
+    neg_views = None
     model = TriPlanarNet(in_ch=3 * len(OFFSETS), views=3, base=16, n_types=len(NODULE_TYPES))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.iters, pct_start=0.1)
@@ -203,8 +230,23 @@ def main(argv=None):
     for it in range(1, args.iters + 1):
         model.train()
         npos = int(round(args.batch * 0.4))
-        idx = np.concatenate([rng.choice(pos, npos), rng.choice(neg, args.batch - npos)])
-        x = torch.from_numpy(np.stack([augment_views(cubes[i], rng) for i in idx]))
+        nneg = args.batch - npos
+        if args.hard_every and it >= args.hard_from and (it - args.hard_from) % args.hard_every == 0:
+            # hard-negative mining (bootstrapping, Sung & Poggio 1998; OHEM, Shrivastava et al. 2016):
+            # re-score every negative at its centre views and sample from the hardest quarter
+            if neg_views is None:
+                neg_views = torch.from_numpy(np.stack([augment_views(cubes[i], rng, train=False) for i in neg]))
+            model.eval()
+            with torch.no_grad():
+                s_neg = torch.cat([F.softmax(model(neg_views[j:j + 512])[:, :2], 1)[:, 1] for j in range(0, len(neg), 512)]).numpy()
+            hard = neg[np.argsort(-s_neg)[: max(1, len(neg) // 4)]]
+            model.train()
+            hist.append({"iter": it, "hard_negatives_p_median": round(float(np.median(np.sort(s_neg)[-len(hard):])), 4),
+                         "negatives_above_0.5": int((s_neg >= 0.5).sum())})
+            print(json.dumps(hist[-1]), flush=True)
+        nhard = int(round(nneg * args.hard_frac)) if args.hard_every and it >= args.hard_from else 0
+        idx = np.concatenate([rng.choice(pos, npos), rng.choice(hard, nhard), rng.choice(neg, nneg - nhard)])
+        x = torch.from_numpy(np.stack([augment_views(cubes[i], rng, noise=args.noise) for i in idx]))
         yq = torch.from_numpy(y[idx])
         yt = torch.from_numpy(types[idx])
         logits = model(x)
@@ -222,7 +264,9 @@ def main(argv=None):
     torch.save(model.state_dict(), out / "state_dict.pt")
     export_onnx(model, out / "fp32.onnx")
     (out / "train_log.json").write_text(json.dumps({"iters": args.iters, "batch": args.batch, "seed": args.seed,
-                                                     "bank": stats, "log": hist}, indent=1))
+                                                     "hard_negatives": {"every": args.hard_every, "from": args.hard_from,
+                                                                        "fraction": args.hard_frac} if args.hard_every else None,
+                                                     "noise": args.noise, "bank": stats, "log": hist}, indent=1))
     print("wrote", out, flush=True)
 
 

@@ -16,25 +16,16 @@ import sys
 
 import pytest
 
-from radreview.review.audit_chain import GENESIS, row_hash
 from radreview.review.findings import Finding, ReviewSession
 from radreview.review.integrity import head_path
 from radreview.review.store import AdoptRefused, ReviewStore, StoreTampered, adopt_database
+from tests.audit_tamper import recompute_chain
 
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "radreview.viewer.cli", *args], capture_output=True, text=True)
 
 
-def _rechain(con) -> None:
-    """Recompute every row's links and hash and the in-database head, as a writer of that time did."""
-    prev = GENESIS
-    rows = con.execute("SELECT id, ts, actor, action, payload FROM audit ORDER BY id").fetchall()
-    for rid, ts, actor, action, payload in rows:
-        h = row_hash(prev, rid, ts, actor, action, payload)
-        con.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, rid))
-        prev = h
-    con.execute("UPDATE audit_head SET last_hash = ?, count = ? WHERE one = 1", (prev, len(rows)))
 
 
 def _old_db(tmp_path, drop_new_tables: bool = False):
@@ -57,7 +48,7 @@ def _old_db(tmp_path, drop_new_tables: bool = False):
     if drop_new_tables:
         con.execute("DROP TABLE runs")
         con.execute("DROP TABLE study_packages")
-    _rechain(con)
+    recompute_chain(con)
     con.close()
     head_path(db).unlink()
     return db

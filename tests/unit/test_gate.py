@@ -17,7 +17,7 @@ import pytest
 
 from radreview.inference.package import load_package
 from radreview.inference.segment import LabelStats, SegmentationResult
-from radreview.review.audit_chain import GENESIS, row_hash
+from radreview.review.audit_chain import GENESIS
 from radreview.review.findings import (
     Finding, FindingStatus, PackageChanged, ReviewSession, SignOffRefused, StudyLocked, findings_from_classification,
     findings_from_segmentation, study_key_info,
@@ -27,6 +27,7 @@ from radreview.review.plausibility import scan_coverage
 from radreview.review.runs import RunChanged, load_last_run
 from radreview.review.settings import remember_reviewer, remembered_reviewer
 from radreview.review.store import ReviewStore, StoreLocked, StoreMissing, StoreTampered
+from tests.audit_tamper import recompute_chain
 from radreview.studies import open_volume
 from radreview.review.workstation import StudySession
 from radreview.viewer.workflow import open_session, restore_last_run, run_models, save_ai_run
@@ -178,15 +179,9 @@ def test_rows_written_past_the_store_are_refused(tmp_path, sql):
 
 
 def _recompute_chain(raw):
-    prev = GENESIS
-    rows = raw.execute("SELECT id, ts, actor, action, payload FROM audit ORDER BY id").fetchall()
-    for row_id, ts, actor, action, payload in rows:
-        h = row_hash(prev, row_id, ts, actor, action, payload)
-        raw.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, row_id))
-        prev = h
-    raw.execute("UPDATE audit_head SET last_hash = ?, count = ?", (prev, len(rows)))
+    out = recompute_chain(raw)
     raw.commit()
-    return len(rows), prev
+    return out
 
 
 def test_recomputed_chain_is_caught_by_the_head_file_and_its_hmac(tmp_path):

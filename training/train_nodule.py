@@ -1,6 +1,7 @@
-"""Train the candidate classifier of ``ct-nodule-2p5d`` 0.2 on real LIDC-IDRI nodules.
+"""Train the candidate classifier of ``ct-nodule-2p5d`` (0.2, 0.3) on real LIDC-IDRI nodules.
 
-Usage: ``python -m training.train_nodule [--iters 2000] [--out DIR] [--bank FILE.npz]``
+Usage: ``python -m training.train_nodule [--iters 2000] [--out DIR] [--bank FILE.npz]``; 0.3.0 was
+``--iters 8000 --extra-reps 4 --noise`` (hard negatives on by default).
 
 Data (training split only, ``training/nodule_data.py``): the training LIDC patients' nodules
 pasted into the training background lungs (C slices 0-79, B, both also re-sliced to 5 and
@@ -18,6 +19,13 @@ A sample is a 40 mm cube at 1 mm; training draws a random 32 mm sub-cube (centre
 nine planes (``inference.classify.views_of_cube``) to ``TriPlanarNet``. Loss: cross-entropy of
 the question (positives drawn 40 % of the time) + 0.5 x cross-entropy of the nodule type on
 samples that are nodules (LIDC texture: solid / part-solid / ground glass). AdamW, one-cycle.
+
+0.3 adds: scan samples of the thick-slice backgrounds at other slab phases
+(``nodule_data.TRAIN_BGS_EXTRA``, ``--extra-reps`` cases each, their own seeded generator);
+hard-negative mining (every ``--hard-every`` iterations from ``--hard-from``, every negative is
+re-scored at its centre views and ``--hard-frac`` of each batch's negatives are drawn from the
+highest-scoring quarter: bootstrapping, Sung & Poggio 1998; OHEM, Shrivastava et al., CVPR 2016);
+``--noise``: Gaussian noise of a random 5-40 HU SD on half the samples.
 Writes ``state_dict.pt``, ``fp32.onnx``, ``train_log.json`` and the sample bank summary.
 """
 

@@ -204,6 +204,22 @@ def card(T: float, metrics: dict, cparams: dict, out: Path | None = None, layer:
     }
 
 
+def calibration_cases(sessions: dict, per_case: int = 4, max_nodules: int = 0) -> list[dict]:
+    """Every calibration case, always the same (seed 11): the calibration LIDC patients' nodules,
+    ``per_case`` at a time, pasted 25 mm apart into the calibration backgrounds in turn, through
+    :func:`run_case` with ``sessions`` (``max_nodules``: smoke runs only)."""
+    calib = nodules("calibration")
+    if max_nodules:
+        calib = calib[:max_nodules]
+    rng = np.random.default_rng(11)
+    order = rng.permutation(len(calib))
+    out = []
+    for j in range(0, len(order), per_case):
+        case = make_case(CAL_BGS[(j // per_case) % len(CAL_BGS)], [calib[i] for i in order[j:j + per_case]], rng, 25.0)
+        out.append(run_case(case, sessions))
+    return out
+
+
 def calibration_report(run: Path, per_case: int = 4) -> dict:
     """Model choice on the calibration split only (never the held-out one): FP32 of a training run
     on the calibration cases (AUC, FROC, CPM after the temperature fitted on them) and the study
@@ -212,13 +228,7 @@ def calibration_report(run: Path, per_case: int = 4) -> dict:
     from sklearn.metrics import roc_auc_score
 
     sess = {"fp32": make_session(run / "fp32.onnx", 2)}
-    calib = nodules("calibration")
-    rng = np.random.default_rng(11)
-    order = rng.permutation(len(calib))
-    res = []
-    for j in range(0, len(order), per_case):
-        case = make_case(CAL_BGS[(j // per_case) % len(CAL_BGS)], [calib[i] for i in order[j:j + per_case]], rng, 25.0)
-        res.append(run_case(case, sess))
+    res = calibration_cases(sess, per_case)
     q, y = candidate_arrays(res, "fp32")
     T = fit_temperature(q, y)
     free = []
@@ -324,15 +334,7 @@ def main(argv=None):
     pkg = load_package(OUT, check_hashes=True)
     sessions = {"fp32": make_session(pkg.file("fp32"), 2), "int8": make_session(pkg.file("int8"), 2)}
     # 2. calibration split
-    calib = nodules("calibration")
-    if args.max_nodules:
-        calib = calib[: args.max_nodules]
-    rng = np.random.default_rng(11)
-    order = rng.permutation(len(calib))
-    cal_res = []
-    for j in range(0, len(order), args.per_case):
-        case = make_case(CAL_BGS[(j // args.per_case) % len(CAL_BGS)], [calib[i] for i in order[j:j + args.per_case]], rng, 25.0)
-        cal_res.append(run_case(case, sessions))
+    cal_res = calibration_cases(sessions, args.per_case, args.max_nodules)
     qc, yc = candidate_arrays(cal_res, "fp32")
     T = fit_temperature(qc, yc)
     print("temperature", T, "calibration candidates", len(qc), "positives", int(yc.sum()), flush=True)

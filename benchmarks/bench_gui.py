@@ -17,7 +17,12 @@ layout with the 3D view, a 1800x1100 window:
    CPU time of this process (the machine may be shared), 3D cursor hidden (the default) and
    shown, and the time from the last step until the linked views have drawn their crosshair
    (on llvmpipe they re-render when the scroll pauses, see viewer/_qt/views.py); plus the same
-   with the linked views forced to render on every step ("linked_views_live"), for comparison.
+   with the linked views forced to render on every step ("linked_views_live"), for comparison;
+   the same with every slice composed at its step ("cold": nothing composed ahead or kept);
+   then steps paced at 60 and 30 per second (a wheel spun fast, key auto-repeat), where the
+   view composes the next slices while it waits (``SliceView`` prefetch): there ``to_frame`` is
+   the time from a step until its slice is on screen and ``late_steps`` counts steps delayed by
+   the work of the one before.
 
 A stall is the longest gap between ticks of a 2 ms ``QTimer`` on the GUI thread (how long the
 window could not react). Prints one JSON object.
@@ -125,20 +130,43 @@ def run(series: Path, steps: int = 60) -> dict:
     win.model.set_overlay("bench-heatmap", hm)
     pump(app, 0.5)
 
-    def scroll_times(n: int) -> list[float]:
+    axial = win.views["axial"]
+
+    def scroll_times(n: int, period_s: float = 0.0, cold: bool = False):
+        """``(wall, cpu, to_frame, late)`` per step. Back to back (``period_s`` 0): wall from the
+        step to the end of the event-loop turn it triggers (everything it costs, prefetch of
+        the next slice included). Paced: a step every ``period_s`` (as wheel notches or key
+        repeats arrive), the events pumped in between; ``to_frame`` is from the step until the
+        scrolled view's render ended (the new slice on screen); ``late`` counts steps that could
+        not start on time because the work of the step before (prefetch included) overran.
+        ``cold``: every step composes its slice (nothing composed ahead, nothing kept), as on the
+        first pass over slices without idle time; the volume has few slices, so back-to-back
+        steps otherwise revisit kept ones."""
         model = win.model
         nz = model.mappings["axial"].n_slices
         d = 1
-        times, cpu = [], []
+        times, cpu, frame = [], [], []
+        late = 0
+        next_t = time.perf_counter()
         for _ in range(n):
             if not (0 <= model.slice_index("axial") + d < nz):
                 d = -d
+            if period_s:
+                while time.perf_counter() < next_t:
+                    app.processEvents()
+                    time.sleep(0.0005)
+                late += time.perf_counter() - next_t > 0.004
+                next_t += period_s
+            if cold:
+                for v in win.views.values():
+                    v.scene._kept.clear()
             t, c = time.perf_counter(), time.process_time()
             model.scroll("axial", d)
             app.processEvents()
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
-        return times, cpu
+            frame.append(axial.rendered_at - t if axial.rendered_at >= t else float("nan"))
+        return times, cpu, frame, late
 
     from radreview.viewer._qt import views as views_mod
 
@@ -152,25 +180,38 @@ def run(series: Path, steps: int = 60) -> dict:
 
     out["scroll"] = {}
     slow = views_mod.SLOW_RENDER_MS
-    for label, shown, live in (("cursor3d_hidden", False, False), ("cursor3d_shown", True, False),
-                               ("cursor3d_hidden_linked_views_live", False, True)):
+    ahead = views_mod.PREFETCH_AHEAD
+    for label, shown, live, period, cold in (("cursor3d_hidden", False, False, 0.0, False),
+                                             ("cursor3d_hidden_cold", False, False, 0.0, True),
+                                             ("cursor3d_shown", True, False, 0.0, False),
+                                             ("cursor3d_hidden_linked_views_live", False, True, 0.0, False),
+                                             ("paced_60hz_cursor3d_hidden", False, False, 1 / 60, False),
+                                             ("paced_30hz_cursor3d_hidden", False, False, 1 / 30, False)):
         if hasattr(win.view3d, "set_cursor_shown"):
             win.view3d.set_cursor_shown(shown)
         views_mod.SLOW_RENDER_MS = float("inf") if live else slow  # live: every view renders every step
+        views_mod.PREFETCH_AHEAD = 0 if cold else ahead
         pump(app, 0.3)
-        scroll_times(5)  # warm-up
+        scroll_times(5, period, cold)  # warm-up
         pump(app, 0.3)
         t0 = time.perf_counter()
-        ts, cpu = (np.array(x) * 1000 for x in scroll_times(steps))
+        ts, cpu, frame, late = scroll_times(steps, period, cold)
+        ts, cpu, frame = (np.array(x) * 1000 for x in (ts, cpu, frame))
         settled = settle_s()
         pump(app, 0.5)  # a deferred 3D render (cursor shown) counts in the stall below
-        out["scroll"][label] = {"p50_ms": round(float(np.percentile(ts, 50)), 1),
-                                "p95_ms": round(float(np.percentile(ts, 95)), 1),
-                                "max_ms": round(float(ts.max()), 1),
-                                "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 1),
-                                "linked_views_settled_after_last_step_s": round(settled, 3),
-                                "longest_stall_s": round(meter.longest(t0, time.perf_counter()), 3)}
+        row = {"p50_ms": round(float(np.percentile(ts, 50)), 1),
+               "p95_ms": round(float(np.percentile(ts, 95)), 1),
+               "max_ms": round(float(ts.max()), 1),
+               "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 1),
+               "to_frame_p50_ms": round(float(np.nanpercentile(frame, 50)), 1),
+               "to_frame_p95_ms": round(float(np.nanpercentile(frame, 95)), 1),
+               "linked_views_settled_after_last_step_s": round(settled, 3),
+               "longest_stall_s": round(meter.longest(t0, time.perf_counter()), 3)}
+        if period:
+            row["late_steps"] = int(late)
+        out["scroll"][label] = row
     views_mod.SLOW_RENDER_MS = slow
+    views_mod.PREFETCH_AHEAD = ahead
     out["load_average_1min"] = round(os.getloadavg()[0], 2)
     out["cpu_cores"] = os.cpu_count()
     win.close()

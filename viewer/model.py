@@ -339,11 +339,38 @@ class ViewerModel:
         ovs = [ov for ov in self.overlays.values() if self.heatmaps_shown or getattr(ov, "kind", "") != "heatmap"]
         return sorted(ovs, key=lambda ov: getattr(ov, "z_order", 0))
 
-    def compose_overlays(self, rgb: np.ndarray, plane: str) -> np.ndarray:
-        k = self.slice_index(plane)
+    def compose_overlays(self, rgb: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
+        """Blend every visible overlay into ``rgb`` ``(rows, cols, 3)`` uint8 for slice ``index``
+        of ``plane`` (default: the shown one), in drawing order."""
+        k = self.slice_index(plane) if index is None else int(index)
         for ov in self.visible_overlays():
             rgb = ov.compose(rgb, self.mappings[plane], k)
         return rgb
+
+    def compose_slice(self, plane: str, index: int | None = None) -> np.ndarray:
+        """Slice ``index`` of ``plane`` (default: the shown one) as the views draw it: windowed
+        (DICOM PS3.3 C.11.2.1.2 linear VOI LUT, :func:`apply_window`), inverted for MONOCHROME1,
+        every visible overlay blended in. Returns ``(rows, cols, 3)`` uint8, row 0 on top."""
+        k = self.slice_index(plane) if index is None else int(index)
+        gray = apply_window(self.mappings[plane].extract(self.volume.array, k), *self.window)
+        if self.volume.info.invert_grayscale:
+            gray = 255 - gray
+        return self.compose_overlays(np.repeat(gray[:, :, None], 3, axis=2), plane, k)
+
+    def display_key(self) -> tuple | None:
+        """What the composed slices depend on besides the slice index and the pixel data:
+        volume, window, shown flags and each visible overlay's ``display_key()``. ``None`` when a
+        visible overlay has no ``display_key`` (its look cannot be told apart: do not cache).
+        Label edits in place are not part of it: whoever edits asks the views to redraw, which
+        drops what they kept (``SliceScene.update_image``)."""
+        keys = []
+        for ov in self.visible_overlays():
+            fn = getattr(ov, "display_key", None)
+            if fn is None:
+                return None
+            keys.append((id(ov), fn()))
+        return (id(self.volume), self.window, bool(self.volume.info.invert_grayscale) if self.volume is not None else None,
+                self.overlays_shown, self.heatmaps_shown, tuple(keys))
 
     def set_overlays_shown(self, on: bool) -> None:
         """Show or hide every overlay at once (the O key); the overlays are kept."""

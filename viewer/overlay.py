@@ -125,6 +125,12 @@ class LabelOverlay(Evented):
         self._refresh_lut()
         self.changed.emit("colors")
 
+    def display_key(self) -> tuple:
+        """The display state the composed pixels depend on (not the label values: an edit in
+        place must be followed by a redraw request, as the editor's panel does)."""
+        return (id(self.labels), self.mode, float(self.opacity), self._version,
+                frozenset(self.flagged), frozenset(self.outline_only))
+
     def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
         """Whether slice ``index`` of ``mapping`` holds any label (shown or not: showing one may be the change)."""
         return bool(mapping.extract(self.labels, index).any())
@@ -286,6 +292,10 @@ class HeatmapOverlay(Evented):
         self._q = np.rint(np.clip(np.nan_to_num(np.asarray(self.heat, np.float32)), 0, 1) * 255).astype(np.uint8)
         self._mark_ready()
 
+    def display_key(self) -> tuple:
+        """The display state the composed pixels depend on (the map itself is fixed at creation)."""
+        return (id(self._q), float(self.opacity), float(self.cutoff))
+
     def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
         """Whether slice ``index`` of ``mapping`` has any non-zero heat (a cutoff change may show it)."""
         return bool(mapping.extract(self._q, index).any())
@@ -366,6 +376,10 @@ class MarkerOverlay:
 
     def compose(self, rgb: np.ndarray, mapping: PlaneMapping, index: int) -> np.ndarray:
         return rgb
+
+    def display_key(self) -> tuple:
+        """Markers never change the pixels (drawn as vector graphics)."""
+        return ()
 
     def circles(self, mapping: PlaneMapping, index: int) -> list[dict]:
         """Circles cut by slice ``index`` of ``mapping``: ``[{"row", "col", "radius_mm", "number",

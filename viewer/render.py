@@ -11,13 +11,15 @@ World coordinates of a 2-D scene are millimetres in the slice plane: screen pixe
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import vtk
 from vtk.util import numpy_support
 
 from radreview.studies.volume import Volume
 
-from .model import PLANES, ViewerModel, apply_window, volume_render_presets
+from .model import PLANES, ViewerModel, volume_render_presets
 from .overlay import FLAGGED_RGB, MARKER_RGB
 
 __all__ = ["volume_to_vtk", "strided_array", "label_surfaces", "SliceScene", "VolumeScene", "snapshot", "grab_window", "LAYOUTS", "layout_viewports"]
@@ -170,6 +172,8 @@ class SliceScene:
             self.renderer.AddViewProp(t)
             self.letters.append(t)
         self._shape: tuple[int, int] | None = None
+        self._kept: OrderedDict[int, np.ndarray] = OrderedDict()  # slice index -> composed RGB
+        self._kept_key: tuple | None = None  # the display state they were composed under
         # finding markers: one polyline actor per style (listed / needs review), numbers as text
         self._marker_polys = {}
         for flagged in (False, True):
@@ -218,17 +222,26 @@ class SliceScene:
         self._colorbar_key = None
 
     # ------------------------------------------------------------------ content
-    def update_image(self) -> None:
+    #: composed slices kept per plane for a slice step back or ahead (24 axial 512 x 512 RGB
+    #: slices: 19 MB)
+    KEEP_SLICES = 24
+
+    def update_image(self, slice_step: bool = False) -> None:
+        """Show the current slice. ``slice_step``: only the slice index changed since the last
+        call, so a slice composed before (shown or prefetched, :meth:`prefetch`) under the same
+        display state (``ViewerModel.display_key``) is reused; any other call is a redraw
+        because something changed (window, overlays, an edit in place) and drops what was kept."""
         m = self.model
         if m.volume is None:
             return
         mapping = m.mappings[self.plane]
-        values = m.slice_image(self.plane)
-        gray = apply_window(values, *m.window)
-        if m.volume.info.invert_grayscale:
-            gray = 255 - gray
-        rgb = np.repeat(gray[:, :, None], 3, axis=2)
-        rgb = m.compose_overlays(rgb, self.plane)
+        k = m.slice_index(self.plane)
+        rgb = self._kept_slice(k) if slice_step else None
+        if not slice_step:
+            self._kept.clear()
+        if rgb is None:
+            rgb = m.compose_slice(self.plane, k)
+            self._keep(k, rgb)
         self._upload(rgb, mapping.pixel_spacing)
         if self._shape != mapping.shape:
             self._shape = mapping.shape
@@ -239,6 +252,40 @@ class SliceScene:
         self.update_text()
         self.update_markers()
         self.update_colorbar()
+
+    def _kept_slice(self, k: int) -> np.ndarray | None:
+        key = self.model.display_key()
+        if key is None or key != self._kept_key:
+            self._kept.clear()
+            self._kept_key = key
+            return None
+        rgb = self._kept.get(k)
+        if rgb is not None:
+            self._kept.move_to_end(k)
+        return rgb
+
+    def _keep(self, k: int, rgb: np.ndarray) -> None:
+        key = self.model.display_key()
+        if key is None:
+            return
+        if key != self._kept_key:
+            self._kept.clear()
+            self._kept_key = key
+        self._kept[k] = rgb
+        while len(self._kept) > self.KEEP_SLICES:
+            self._kept.popitem(last=False)
+
+    def prefetch(self, k: int) -> bool:
+        """Compose slice ``k`` ahead of a scroll and keep it (the next :meth:`update_image` with
+        ``slice_step`` shows it without composing). Returns whether it composed anything (not
+        when ``k`` is outside the volume, already kept, or the display state is not cacheable)."""
+        m = self.model
+        if m.volume is None or not 0 <= k < m.mappings[self.plane].n_slices:
+            return False
+        if self._kept_slice(k) is not None or self._kept_key is None:
+            return False
+        self._keep(k, m.compose_slice(self.plane, k))
+        return True
 
     def _upload(self, rgb: np.ndarray, spacing_rc: tuple[float, float]) -> None:
         """Copy the composed slice ``rgb`` ``(rows, cols, 3)`` uint8 (row 0 on top) into the

@@ -182,9 +182,9 @@ def test_evented_opacity_change_redraws_only_the_planes_it_shows_on(window, qtbo
         scene = window.views[plane].scene
         orig = scene.update_image
 
-        def counted(_orig=orig, _plane=plane):
+        def counted(*a, _orig=orig, _plane=plane, **kw):
             calls[_plane] += 1
-            _orig()
+            _orig(*a, **kw)
         scene.update_image = counted
     mapping = m.mappings["axial"]
     _, rr, cc = mapping.index_to_screen(np.array([c0 + 30, r0 + 30, k], float))

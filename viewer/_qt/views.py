@@ -31,6 +31,12 @@ so a linked view whose own slice did not change and whose renders average over
 every ``MAX_WAIT_MS`` while it goes on; its scene is updated at once, so a pixel grab or any
 other render shows the new position. A jump from a panel (``cursor_source`` None) or a slice
 change in that view renders immediately. ``benchmarks/bench_gui.py`` reports both.
+
+Once a slice step is on screen, the view composes the next ``PREFETCH_AHEAD`` slices in the
+scroll direction, one per idle event-loop turn, and the scene keeps them with the slices shown
+last (``SliceScene.prefetch``, ``KEEP_SLICES``), so a step onto a composed slice only uploads
+and renders it. Kept slices are used only under the display state they were composed with
+(``ViewerModel.display_key``); every other redraw drops them.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ import numpy as np
 import vtkmodules.qt
 
 vtkmodules.qt.PyQtImpl = "PySide6"
-from PySide6.QtCore import Qt, Signal  # noqa: E402
+from PySide6.QtCore import Qt, QTimer, Signal  # noqa: E402
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor  # noqa: E402
 
 from ..model import ViewerModel  # noqa: E402
 from ..render import SliceScene, VolumeScene, grab_window  # noqa: E402
 
-__all__ = ["SliceView", "VolumeView", "SLOW_RENDER_MS", "SETTLE_MS", "MAX_WAIT_MS"]
+__all__ = ["SliceView", "VolumeView", "PREFETCH_AHEAD", "SLOW_RENDER_MS", "SETTLE_MS", "MAX_WAIT_MS"]
 
+PREFETCH_AHEAD = 2  # slices composed ahead of a scroll, in its direction, when the event loop is idle
 SLOW_RENDER_MS = 5.0  # a view rendering slower than this defers linked-crosshair renders
 SETTLE_MS = 120  # ... until the scroll in the other view pauses this long
 MAX_WAIT_MS = 500  # ... and at least this often while it goes on
@@ -73,8 +80,6 @@ class _VTKHost(QVTKRenderWindowInteractor):
         signals of one change, e.g. a new volume emits volume, window and cursor changes)."""
         if not getattr(self, "_render_posted", False):
             self._render_posted = True
-            from PySide6.QtCore import QTimer
-
             QTimer.singleShot(0, self._posted_render)
 
     def _posted_render(self) -> None:
@@ -127,6 +132,13 @@ class SliceView(_VTKHost):
         self._render_ms = 0.0  # running mean of this view's render time (ms)
         self._settle = None
         self._settle_since: float | None = None
+        self._step = 1  # direction of the last slice step (+1 / -1)
+        self._prefetch_wanted = False
+        self.rendered_at = 0.0  # perf_counter() when this view's last render ended
+        self._prefetch_timer = QTimer(self)
+        self._prefetch_timer.setSingleShot(True)
+        self._prefetch_timer.setInterval(0)
+        self._prefetch_timer.timeout.connect(self._prefetch)
         model.volume_changed.connect(self._on_volume)
         model.cursor_changed.connect(self._on_cursor)
         model.window_changed.connect(self._on_window)
@@ -162,8 +174,11 @@ class SliceView(_VTKHost):
             return
         k = self.model.slice_index(self.plane)
         if k != self._last_index:
+            if self._last_index is not None:
+                self._step = 1 if k > self._last_index else -1
             self._last_index = k
-            self.scene.update_image()
+            self.scene.update_image(slice_step=True)
+            self._prefetch_wanted = True
         else:
             self.scene.update_cursor()
             self.scene.update_text()
@@ -178,8 +193,6 @@ class SliceView(_VTKHost):
         other view pauses for ``SETTLE_MS``, and at least every ``MAX_WAIT_MS`` while it goes on,
         so the scrolled view keeps its frame time. The scene is already updated: a pixel grab
         (``grab_pixels``) or any other render shows the new crosshair at once."""
-        from PySide6.QtCore import QTimer
-
         now = time.perf_counter()
         if self._settle_since is None:
             self._settle_since = now
@@ -262,8 +275,25 @@ class SliceView(_VTKHost):
             self.tool.draw(self)
         t = time.perf_counter()
         super().render_now()
-        ms = (time.perf_counter() - t) * 1000.0
+        self.rendered_at = time.perf_counter()
+        ms = (self.rendered_at - t) * 1000.0
         self._render_ms = ms if self._render_ms == 0.0 else 0.7 * self._render_ms + 0.3 * ms
+        if self._prefetch_wanted:
+            self._prefetch_wanted = False
+            self._prefetch_timer.start()
+
+    def _prefetch(self) -> None:
+        """After a slice step is on screen: compose the next slice in the scroll direction
+        (``PREFETCH_AHEAD`` at most, one per event-loop turn) while the user has not scrolled
+        on, so the next step only uploads and renders (``SliceScene.prefetch``)."""
+        if self.model.volume is None or not self.isVisible():
+            return
+        k = self.model.slice_index(self.plane)
+        for n in range(1, PREFETCH_AHEAD + 1):
+            if self.scene.prefetch(k + n * self._step):
+                if n < PREFETCH_AHEAD:
+                    self._prefetch_timer.start()
+                return
 
     def event_lps_index(self, pos) -> tuple[np.ndarray, np.ndarray]:
         """``(lps_xyz, index_zyx)`` under a widget position: LPS mm and continuous voxel index (z, y, x)."""
@@ -396,7 +426,6 @@ class VolumeView(_VTKHost):
     def __init__(self, model: ViewerModel, parent=None) -> None:
         super().__init__(parent)
         import vtk
-        from PySide6.QtCore import QTimer
 
         self.model = model
         self.scene = VolumeScene(model, max_dim=128)  # an overview: 128 voxels per axis at most

@@ -180,6 +180,18 @@ def test_ruler_roi_angle_tools_in_the_views(window, qtbot):
     yellow = (px[..., 0] > 200) & (px[..., 1] > 200) & (px[..., 2] < 140)
     assert yellow.sum() > 50  # the ruler is drawn
 
+    def n_yellow():
+        q = grab_pixels(ax)
+        return int(((q[..., 0] > 200) & (q[..., 1] > 200) & (q[..., 2] < 140)).sum())
+    # only on its own slice: gone one slice up, back when scrolled back
+    on = n_yellow()
+    m.scroll("axial", 1)
+    qtbot.wait(20)
+    off = n_yellow()
+    m.scroll("axial", -1)
+    qtbot.wait(20)
+    assert on - off > 40 and abs(n_yellow() - on) <= 2, (on, off)
+
     # rectangle ROI: statistics equal numpy's over the covered pixels
     panel.start_tool("rectangle")
     _drag(qtbot, ax, ax.widget_pos_of(250, 200), ax.widget_pos_of(280, 240))

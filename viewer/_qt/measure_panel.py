@@ -146,15 +146,32 @@ class _Painter:
         if model.volume is None:
             return []
         out = []
-        items = list(self.panel.measurements) + ([self.panel.preview] if self.panel.preview is not None else [])
-        for m in items:
-            if m.plane != view.plane:
-                continue
-            w = [view.lps_to_world(p) for p in m.points_lps]
-            if abs(w[0][2]) > 0.5:
-                continue
-            out.append((m, [(x, y) for x, y, _ in w]))
+        k = model.slice_index(view.plane)
+        for m, xy, dist0 in self._placed():
+            if abs(dist0 - k) <= 0.5:
+                out.append((m, xy))
+        if self.panel.preview is not None and self.panel.preview.plane == view.plane:
+            w = [view.lps_to_world(p) for p in self.panel.preview.points_lps]
+            if abs(w[0][2]) <= 0.5:
+                out.append((self.panel.preview, [(x, y) for x, y, _ in w]))
         return out
+
+    def _placed(self) -> list:
+        """``(measurement, [(x, y)] scene world points, slice index of its first point)`` of every
+        saved measurement in this plane, computed once per measurement list and volume (the
+        slice step only compares the index; a scroll used to re-place every point)."""
+        view, model = self.view, self.view.model
+        key = (self.panel.version, id(model.volume), view.plane)
+        if getattr(self, "_placed_key", None) != key:
+            k = model.slice_index(view.plane)
+            placed = []
+            for m in self.panel.measurements:
+                if m.plane != view.plane:
+                    continue
+                w = [view.lps_to_world(p) for p in m.points_lps]
+                placed.append((m, [(x, y) for x, y, _ in w], k + w[0][2]))
+            self._placed_key, self._placed_list = key, placed
+        return self._placed_list
 
     def draw(self, view) -> None:
         model = view.model

@@ -320,11 +320,13 @@ def test_linked_crosshair_render_deferred_only_on_slow_renderer(window, qtbot):
         qtbot.wait(10)
         assert len(renders) > n
         cor._render_ms = 1.0  # a GPU: linked views render on every step
-        cor._settled()
-        qtbot.wait(10)
         n = len(renders)
+        cor._settled()
+        qtbot.waitUntil(lambda: len(renders) > n, timeout=2000)
+        n = len(renders)
+        cor._render_ms = 1.0  # that render updated the running mean with llvmpipe's time
         window.model.scroll("axial", -1)
-        qtbot.wait(10)
-        assert len(renders) > n and cor._settle_since is None
+        assert cor._settle_since is None  # not deferred ...
+        qtbot.waitUntil(lambda: len(renders) > n, timeout=100)  # ... rendered before SETTLE_MS (120 ms)
     finally:
         cor.GetRenderWindow().Render = orig

@@ -222,9 +222,10 @@ class SliceScene:
         self._colorbar_key = None
 
     # ------------------------------------------------------------------ content
-    #: composed slices kept per plane for a slice step back or ahead (24 axial 512 x 512 RGB
-    #: slices: 19 MB)
+    #: composed slices kept per plane for a slice step back or ahead: at most 24 and 32 MB
+    #: (24 axial 512 x 512 RGB slices are 19 MB; a coronal slice of a 1000-slice CT is 1.5 MB)
     KEEP_SLICES = 24
+    KEEP_BYTES = 32 * 2**20
 
     def update_image(self, slice_step: bool = False) -> None:
         """Show the current slice. ``slice_step``: only the slice index changed since the last
@@ -272,7 +273,7 @@ class SliceScene:
             self._kept.clear()
             self._kept_key = key
         self._kept[k] = rgb
-        while len(self._kept) > self.KEEP_SLICES:
+        while len(self._kept) > max(1, min(self.KEEP_SLICES, self.KEEP_BYTES // max(rgb.nbytes, 1))):
             self._kept.popitem(last=False)
 
     def prefetch(self, k: int) -> bool:

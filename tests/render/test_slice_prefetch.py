@@ -168,3 +168,15 @@ def test_an_evented_change_off_the_shown_slice_is_not_shown_stale(window, qtbot)
     m.scroll("axial", 1)
     qtbot.wait(50)
     _shown_equals_fresh(window, m)
+
+
+def test_kept_slices_are_bounded_by_count_and_bytes(window, qtbot):
+    m, _ov, _hm = _setup(window, qtbot)
+    scene = window.views["axial"].scene
+    rows, cols = m.mappings["axial"].shape
+    scene.KEEP_BYTES = 3 * rows * cols * 3  # room for three composed slices
+    for _ in range(8):
+        m.scroll("axial", 1)
+        qtbot.wait(30)
+        assert 1 <= len(scene._kept) <= 3, sorted(scene._kept)
+    assert m.slice_index("axial") in scene._kept  # the shown slice is never the one dropped

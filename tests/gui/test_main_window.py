@@ -330,3 +330,36 @@ def test_linked_crosshair_render_deferred_only_on_slow_renderer(window, qtbot):
         qtbot.waitUntil(lambda: len(renders) > n, timeout=100)  # ... rendered before SETTLE_MS (120 ms)
     finally:
         cor.GetRenderWindow().Render = orig
+
+
+def test_3d_cursor_renders_when_a_scroll_pauses_and_at_once_on_a_jump(window, qtbot):
+    """With the 3D cursor shown, slice steps in a 2-D view do not re-render the 3D view while
+    they go on (a 3D render costs more than a slice step's frame on llvmpipe); it renders once
+    the scroll pauses for SETTLE_MS, and a jump from a panel renders without waiting."""
+    import time
+
+    from radreview.viewer._qt import views as V
+
+    v3 = window.view3d
+    qtbot.waitUntil(lambda: v3.built, timeout=30000)
+    v3.set_cursor_shown(True)
+    qtbot.wait(300)
+    renders = []
+    orig = v3.GetRenderWindow().Render
+    v3.GetRenderWindow().Render = lambda: (renders.append(time.perf_counter()), orig())[1]  # noqa: B023
+    try:
+        lps0 = v3.scene.cursor_actor.GetPosition()
+        for i in range(6):
+            window.model.scroll("axial", 1 if i < 3 else -1)
+            qtbot.wait(1)
+            assert renders == [], f"3D rendered during the scroll (step {i})"
+        t_last = time.perf_counter()
+        window.model.scroll("axial", 1)
+        qtbot.waitUntil(lambda: len(renders) == 1, timeout=3000)
+        assert renders[0] - t_last >= V.SETTLE_MS / 1000 - 0.02
+        assert v3.scene.cursor_actor.GetPosition() != lps0  # the cursor moved with the scroll
+        n = len(renders)
+        window.model.set_cursor(window.model.cursor)  # a jump from a panel (no source view)
+        qtbot.waitUntil(lambda: len(renders) > n, timeout=1000)
+    finally:
+        v3.GetRenderWindow().Render = orig

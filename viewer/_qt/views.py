@@ -417,7 +417,8 @@ class VolumeView(_VTKHost):
     software OpenGL (Mesa llvmpipe) the CPU ray caster with automatic sample distances is used
     (much faster there than GPU ray casting emulated on the CPU). A crosshair move in the 2-D
     views does not re-render the 3D view unless its cursor is shown (:meth:`set_cursor_shown`),
-    and then the render is coalesced (at most one per 80 ms). ``built`` says whether the scene
+    and then a scroll re-renders it when it pauses (at least every ``MAX_WAIT_MS``) and a jump
+    within 80 ms. ``built`` says whether the scene
     holds the current volume; ``scene_built`` is emitted when it does.
     """
 
@@ -440,6 +441,11 @@ class VolumeView(_VTKHost):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(80)
         self._render_timer.timeout.connect(self.render_now)
+        self._settle_timer = QTimer(self)
+        self._settle_timer.setSingleShot(True)
+        self._settle_timer.setInterval(SETTLE_MS)
+        self._settle_timer.timeout.connect(self._settled)
+        self._moving_since: float | None = None
         self._build_timer = QTimer(self)
         self._build_timer.setSingleShot(True)
         self._build_timer.setInterval(50)
@@ -501,11 +507,31 @@ class VolumeView(_VTKHost):
         self._render_timer.start()
 
     def _on_cursor(self, _lps) -> None:
+        """Move the 3D cursor. A jump (from a panel: no ``cursor_source``) renders within 80 ms;
+        during a scroll or drag in a 2-D view the 3D view renders when it pauses for
+        ``SETTLE_MS`` and at least every ``MAX_WAIT_MS`` (the policy of the linked 2-D views:
+        a 3D render costs 30 ms on llvmpipe, more than a slice step's whole frame)."""
         if not self.cursor_shown or not self.built:
             return
         self.scene.update_cursor()
-        if not self._render_timer.isActive():
-            self._render_timer.start()
+        if self.model.cursor_source is None:
+            self._moving_since = None
+            if not self._render_timer.isActive():
+                self._render_timer.start()
+            return
+        now = time.perf_counter()
+        if self._moving_since is None:
+            self._moving_since = now
+        if (now - self._moving_since) * 1000.0 >= MAX_WAIT_MS:
+            self._moving_since = None
+            if not self._render_timer.isActive():
+                self._render_timer.start()
+        else:
+            self._settle_timer.start()
+
+    def _settled(self) -> None:
+        self._moving_since = None
+        self.render_now()
 
     def set_preset(self, name: str) -> None:
         self.scene.apply_preset(name)

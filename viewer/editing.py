@@ -127,6 +127,7 @@ class LabelEditor:
         self._last_dab: np.ndarray | None = None
         self._itype = np.int32 if self.labels.size < 2**31 else np.int64
         self.changed_bbox: tuple[slice, slice, slice] | None = None  # last region changed (for redraw)
+        self.version = 0  # counts every change of ``labels`` in place (edits, undo, redo)
 
     # ------------------------------------------------------------------ undo bookkeeping
     @property
@@ -156,6 +157,7 @@ class LabelEditor:
             return 0
         flat, old, new = flat[ch].astype(self._itype), old[ch], new[ch].copy()
         lab[flat] = new
+        self.version += 1
         self.changed_bbox = bbox
         if self._stroke is not None:
             self._stroke.append((flat, old))
@@ -204,6 +206,7 @@ class LabelEditor:
             return False
         d = self._undo.pop()
         self.labels.reshape(-1)[d.index] = d.old
+        self.version += 1
         self._redo.append(d)
         self.changed_bbox = None
         return True
@@ -214,6 +217,7 @@ class LabelEditor:
             return False
         d = self._redo.pop()
         self.labels.reshape(-1)[d.index] = d.new
+        self.version += 1
         self._undo.append(d)
         self.changed_bbox = None
         return True

@@ -80,6 +80,9 @@ class LabelOverlay(Evented):
     visible: dict[int, bool] = field(default_factory=dict)
     flagged: set[int] = field(default_factory=set)  # drawn hatched + outlined: "Needs review"
     outline_only: set[int] = field(default_factory=set)  # always outlined, never filled (e.g. body)
+    #: whoever edits ``labels`` in place (e.g. the segment editor's ``LabelEditor``): its
+    #: ``version`` counts the edits and is part of :meth:`display_key`
+    editor: object | None = None
     z_order = 0  # drawing order among overlays: label maps first, heatmaps above, markers on top
     kind = "labels"
     _EVENTED = ("opacity", "mode")
@@ -126,10 +129,11 @@ class LabelOverlay(Evented):
         self.changed.emit("colors")
 
     def display_key(self) -> tuple:
-        """The display state the composed pixels depend on (not the label values: an edit in
-        place must be followed by a redraw request, as the editor's panel does)."""
+        """The display state the composed pixels depend on, including the ``version`` of the
+        ``editor`` that edits ``labels`` in place (any other in-place change must be followed
+        by a redraw request, which drops the views' kept slices)."""
         return (id(self.labels), self.mode, float(self.opacity), self._version,
-                frozenset(self.flagged), frozenset(self.outline_only))
+                frozenset(self.flagged), frozenset(self.outline_only), getattr(self.editor, "version", None))
 
     def shows_on(self, mapping: PlaneMapping, index: int) -> bool:
         """Whether slice ``index`` of ``mapping`` holds any label (shown or not: showing one may be the change)."""

@@ -261,3 +261,39 @@ def test_ai_vs_reference_flow_edit_and_export(uid_window, qtbot, data_dir, tmp_p
     back = cp.reference
     spleen_value = [v for v, n in cp.ref_names.items() if n == "spleen"][0]
     assert dice(back == spleen_value, edited == 4) == pytest.approx(1.0)
+
+
+def test_esc_in_the_middle_of_a_brush_stroke_ends_it_and_no_view_shows_the_old_mask(window, qtbot):
+    """Esc while the left button still drags a brush stroke clears the tool: the stroke ends
+    as a release would (one undo step), and no view shows (now or after a slice step onto a
+    slice composed before the stroke) the labels as they were before it."""
+    m = window.model
+    view = window.views["axial"]
+    panel = window.edit_panel
+    for plane in ("sagittal", "axial"):  # slices next to the shown ones composed ahead (prefetch)
+        m.scroll(plane, 1)
+        qtbot.wait(50)
+        m.scroll(plane, -1)
+        qtbot.wait(50)
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key_B)
+    ed = panel.editor
+    k = m.slice_index("axial")
+    rows, cols = m.mappings["axial"].shape
+    pos = [QPoint(*view.widget_pos_of(rows / 2, c)) for c in (150.0, 200.0, 260.0)]
+    qtbot.mousePress(view, Qt.LeftButton, pos=pos[0])
+    for p in pos[1:]:
+        qtbot.mouseMove(view, pos=p)
+    qtbot.keyClick(view, Qt.Key_Escape)  # the button is still down
+    qtbot.mouseRelease(view, Qt.LeftButton, pos=pos[-1])
+    qtbot.wait(100)
+    assert view.tool is None and ed._stroke is None and ed.undo_steps == 1
+    assert (ed.labels[k] > 0).sum() > 200
+    for plane in ("axial", "sagittal", "coronal"):
+        for step in (1, -1):
+            m.scroll(plane, step)
+            qtbot.wait(50)
+            v = window.views[plane]
+            r, c = m.mappings[plane].shape
+            shown = v.scene._rgb_buf.reshape(r, c, 3)[::-1]
+            assert np.array_equal(shown, m.compose_slice(plane)), f"{plane} slice {m.slice_index(plane)} is stale"

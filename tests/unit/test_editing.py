@@ -229,3 +229,16 @@ def test_disagreement_and_outline_overlays_draw_three_classes(ct, ts_labels):
     blue = np.all(pair == (0, 0, 255), axis=2).sum()
     # solid AI outline vs dashed reference outline of the same shape: about half the pixels
     assert red > 200 and 0.3 * red < blue < 0.7 * red
+
+
+def test_version_counts_every_change_in_place_and_only_changes():
+    """``LabelEditor.version`` (part of the edited overlay's display key: views never reuse a
+    slice composed before an edit) moves on paint, undo and redo, not on a no-op dab."""
+    ed = LabelEditor(np.zeros((5, 40, 40), np.uint8), (2.0, 1.0, 1.0))
+    v0 = ed.version
+    assert ed.paint((2, 20, 20), 5.0, 1) > 0 and ed.version > v0
+    v1 = ed.version
+    assert ed.paint((2, 20, 20), 5.0, 1) == 0 and ed.version == v1  # same voxels, same value
+    assert ed.undo() and ed.version > v1
+    v2 = ed.version
+    assert ed.redo() and ed.version > v2

@@ -184,6 +184,12 @@ class EditTool:
         actor.GetProperty().SetColor(*((1.0, 0.6, 0.6) if self.kind == "eraser" else (1.0, 1.0, 1.0)))
 
     def deactivate(self, view) -> None:
+        """The tool was replaced or cleared (Esc), perhaps in the middle of a drag: a stroke
+        still open ends as a mouse release would end it (one undo step, every view redrawn)."""
+        ed = self.panel.editor
+        if ed is not None and ed._stroke is not None:
+            ed.end_stroke()
+            self.panel.edited(view, final=True)
         item = self._circles.pop(id(view), None)
         if item is not None:
             view.scene.renderer.RemoveActor(item[1])
@@ -328,7 +334,7 @@ class EditPanel(QWidget):
             colors.setdefault(i, _DEFAULT_COLORS[(i - 1) % len(_DEFAULT_COLORS)])
         self.editor = LabelEditor(labels, vol.spacing[::-1], vol.array, copy=False)  # ``labels`` is already a copy
         opacity = self.ai_panel.overlay.opacity if getattr(self.ai_panel, "overlay", None) is not None else 0.4
-        self.overlay = LabelOverlay(self.editor.labels, colors, names, opacity=opacity)
+        self.overlay = LabelOverlay(self.editor.labels, colors, names, opacity=opacity, editor=self.editor)
         self._hidden_ai = self.model.overlays.get(AI_OVERLAY)
         if self._hidden_ai is not None:
             self.model.overlays.pop(AI_OVERLAY)

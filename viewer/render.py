@@ -237,12 +237,13 @@ class SliceScene:
             return
         mapping = m.mappings[self.plane]
         k = m.slice_index(self.plane)
-        rgb = self._kept_slice(k) if slice_step else None
+        key = m.display_key()
+        rgb = self._kept_slice(k, key) if slice_step else None
         if not slice_step:
             self._kept.clear()
         if rgb is None:
             rgb = m.compose_slice(self.plane, k)
-            self._keep(k, rgb)
+            self._keep(k, rgb, key)
         self._upload(rgb, mapping.pixel_spacing)
         if self._shape != mapping.shape:
             self._shape = mapping.shape
@@ -254,8 +255,9 @@ class SliceScene:
         self.update_markers()
         self.update_colorbar()
 
-    def _kept_slice(self, k: int) -> np.ndarray | None:
-        key = self.model.display_key()
+    def _kept_slice(self, k: int, key: tuple | None) -> np.ndarray | None:
+        """Slice ``k`` kept under display state ``key`` (``ViewerModel.display_key``), if any;
+        what was kept under another state is dropped."""
         if key is None or key != self._kept_key:
             self._kept.clear()
             self._kept_key = key
@@ -265,8 +267,7 @@ class SliceScene:
             self._kept.move_to_end(k)
         return rgb
 
-    def _keep(self, k: int, rgb: np.ndarray) -> None:
-        key = self.model.display_key()
+    def _keep(self, k: int, rgb: np.ndarray, key: tuple | None) -> None:
         if key is None:
             return
         if key != self._kept_key:
@@ -283,9 +284,10 @@ class SliceScene:
         m = self.model
         if m.volume is None or not 0 <= k < m.mappings[self.plane].n_slices:
             return False
-        if self._kept_slice(k) is not None or self._kept_key is None:
+        key = m.display_key()
+        if key is None or self._kept_slice(k, key) is not None:
             return False
-        self._keep(k, m.compose_slice(self.plane, k))
+        self._keep(k, m.compose_slice(self.plane, k), key)
         return True
 
     def _upload(self, rgb: np.ndarray, spacing_rc: tuple[float, float]) -> None:

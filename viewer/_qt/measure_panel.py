@@ -139,6 +139,8 @@ class _Painter:
             self.polys[src] = (poly, actor)
         self.texts: list = []
         self._key = None
+        self._placed_key = None
+        self._placed_list: list = []
 
     def shown(self) -> list[tuple[Measurement, list[tuple[float, float]]]]:
         """The measurements on this view's slice with their points in scene world coordinates."""
@@ -162,7 +164,7 @@ class _Painter:
         slice step only compares the index; a scroll used to re-place every point)."""
         view, model = self.view, self.view.model
         key = (self.panel.version, id(model.volume), view.plane)
-        if getattr(self, "_placed_key", None) != key:
+        if self._placed_key != key:
             k = model.slice_index(view.plane)
             placed = []
             for m in self.panel.measurements:

@@ -70,10 +70,35 @@ class _VTKHost(QVTKRenderWindowInteractor):
         self.setFocusPolicy(Qt.StrongFocus)
         # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
         self.GetRenderWindow().SetMultiSamples(0)
+        self._settle: QTimer | None = None
+        self._settle_since: float | None = None
 
     def render_now(self) -> None:
         if self.isVisible():
             self.GetRenderWindow().Render()
+
+    def _render_settled(self) -> None:
+        """Render once a scroll in another view pauses for ``SETTLE_MS``, and at least every
+        ``MAX_WAIT_MS`` while it goes on, so the scrolled view keeps its frame time (a linked
+        view's crosshair; the 3D cursor). The scene is already updated: a pixel grab
+        (``grab_pixels``) or any other render shows the new position at once."""
+        now = time.perf_counter()
+        if self._settle_since is None:
+            self._settle_since = now
+        if self._settle is None:
+            self._settle = QTimer(self)
+            self._settle.setSingleShot(True)
+            self._settle.timeout.connect(self._settled)
+        if (now - self._settle_since) * 1000.0 >= MAX_WAIT_MS:
+            self._settled()
+            return
+        self._settle.start(SETTLE_MS)
+
+    def _settled(self) -> None:
+        self._settle_since = None
+        if self._settle is not None:
+            self._settle.stop()
+        self.render_later()
 
     def render_later(self) -> None:
         """Render once when control returns to the event loop (coalesces the several model
@@ -130,8 +155,6 @@ class SliceView(_VTKHost):
         self._tool_drag = False
         self._painters: list = []
         self._render_ms = 0.0  # running mean of this view's render time (ms)
-        self._settle = None
-        self._settle_since: float | None = None
         self._step = 1  # direction of the last slice step (+1 / -1)
         self._prefetch_wanted = False
         self.rendered_at = 0.0  # perf_counter() when this view's last render ended
@@ -186,29 +209,6 @@ class SliceView(_VTKHost):
             if src is not None and src != self.plane and self._render_ms > SLOW_RENDER_MS:
                 self._render_settled()  # only this view's crosshair moved, by a scroll elsewhere
                 return
-        self.render_later()
-
-    def _render_settled(self) -> None:
-        """Linked-view crosshair render on a slow (software) renderer: once the scroll in the
-        other view pauses for ``SETTLE_MS``, and at least every ``MAX_WAIT_MS`` while it goes on,
-        so the scrolled view keeps its frame time. The scene is already updated: a pixel grab
-        (``grab_pixels``) or any other render shows the new crosshair at once."""
-        now = time.perf_counter()
-        if self._settle_since is None:
-            self._settle_since = now
-        if self._settle is None:
-            self._settle = QTimer(self)
-            self._settle.setSingleShot(True)
-            self._settle.timeout.connect(self._settled)
-        if (now - self._settle_since) * 1000.0 >= MAX_WAIT_MS:
-            self._settled()
-            return
-        self._settle.start(SETTLE_MS)
-
-    def _settled(self) -> None:
-        self._settle_since = None
-        if self._settle is not None:
-            self._settle.stop()
         self.render_later()
 
     def _on_window(self, *_):
@@ -441,11 +441,6 @@ class VolumeView(_VTKHost):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(80)
         self._render_timer.timeout.connect(self.render_now)
-        self._settle_timer = QTimer(self)
-        self._settle_timer.setSingleShot(True)
-        self._settle_timer.setInterval(SETTLE_MS)
-        self._settle_timer.timeout.connect(self._settled)
-        self._moving_since: float | None = None
         self._build_timer = QTimer(self)
         self._build_timer.setSingleShot(True)
         self._build_timer.setInterval(50)
@@ -515,23 +510,10 @@ class VolumeView(_VTKHost):
             return
         self.scene.update_cursor()
         if self.model.cursor_source is None:
-            self._moving_since = None
             if not self._render_timer.isActive():
                 self._render_timer.start()
             return
-        now = time.perf_counter()
-        if self._moving_since is None:
-            self._moving_since = now
-        if (now - self._moving_since) * 1000.0 >= MAX_WAIT_MS:
-            self._moving_since = None
-            if not self._render_timer.isActive():
-                self._render_timer.start()
-        else:
-            self._settle_timer.start()
-
-    def _settled(self) -> None:
-        self._moving_since = None
-        self.render_now()
+        self._render_settled()
 
     def set_preset(self, name: str) -> None:
         self.scene.apply_preset(name)

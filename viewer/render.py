@@ -133,6 +133,12 @@ class SliceScene:
         self.actor.GetMapper().SetInputData(self.image)
         self.actor.InterpolateOff()
         self.renderer.AddActor(self.actor)
+        #: the composed slice shown, ``(rows, cols, 3)`` uint8 RGB, row 0 on top (what a QPainter
+        #: view draws); copied into ``image`` only when VTK itself renders (``_sync_texture``)
+        self.shown_rgb: np.ndarray | None = None
+        self.shown_version = 0  # bumped whenever shown_rgb is replaced or edited in place
+        self._texture_stale = False
+        self.renderer.AddObserver("StartEvent", self._sync_texture)
         self.lines = []
         for _ in range(2):
             src = vtk.vtkLineSource()
@@ -291,10 +297,21 @@ class SliceScene:
         return True
 
     def _upload(self, rgb: np.ndarray, spacing_rc: tuple[float, float]) -> None:
-        """Copy the composed slice ``rgb`` ``(rows, cols, 3)`` uint8 (row 0 on top) into the
-        texture: one flipped copy into a kept buffer that the VTK array shares (no new VTK
-        array, no second deep copy per step); the image geometry is set only when it changes."""
+        """Show the composed slice ``rgb`` ``(rows, cols, 3)`` uint8 (row 0 on top): kept as
+        ``shown_rgb``; the image geometry (``image`` dimensions and spacing, mm) is set when it
+        changes; the pixels are copied into VTK's image when VTK renders this renderer."""
         rows, cols, _ = rgb.shape
+        self.shown_rgb = rgb
+        self.shown_changed()
+        self._set_geometry(rows, cols, spacing_rc)
+
+    def shown_changed(self) -> None:
+        """``shown_rgb`` was replaced or changed in place (a brush stroke's preview): the next
+        paint or VTK render takes it up again."""
+        self.shown_version += 1
+        self._texture_stale = True
+
+    def _set_geometry(self, rows: int, cols: int, spacing_rc: tuple[float, float]) -> None:
         buf = getattr(self, "_rgb_buf", None)
         geom = (rows, cols, float(spacing_rc[0]), float(spacing_rc[1]))
         if buf is None or buf.shape != (rows * cols, 3) or getattr(self, "_geom", None) != geom:
@@ -306,7 +323,18 @@ class SliceScene:
             self.image.SetSpacing(geom[3], geom[2], 1.0)
             self.image.SetOrigin(0.0, 0.0, 0.0)
             self.image.GetPointData().SetScalars(arr)
-        np.copyto(buf.reshape(rows, cols, 3), rgb[::-1])
+            self.image.Modified()
+
+    def _sync_texture(self, *_args) -> None:
+        """Before VTK renders this scene (offscreen snapshot, a comparison): copy ``shown_rgb``
+        into the image, flipped to VTK's bottom-up rows, once per shown slice (one copy into a
+        kept buffer that the VTK array shares: no new VTK array)."""
+        rgb = self.shown_rgb
+        if not self._texture_stale or rgb is None:
+            return
+        self._texture_stale = False
+        rows, cols, _ = rgb.shape
+        np.copyto(self._rgb_buf.reshape(rows, cols, 3), rgb[::-1])
         self._rgb_vtk.Modified()
         self.image.Modified()
 

@@ -300,8 +300,8 @@ def test_linked_crosshair_render_deferred_only_on_slow_renderer(window, qtbot):
     cor = window.views["coronal"]
     cor.render_now()
     renders = []
-    orig = cor.GetRenderWindow().Render
-    cor.GetRenderWindow().Render = lambda: (renders.append(1), orig())[1]  # noqa: B023
+    orig = cor.render_now  # a slice view renders (paints) only through render_now
+    cor.render_now = lambda: (renders.append(1), orig())[1]  # noqa: B023
     try:
         cor._render_ms = V.SLOW_RENDER_MS * 4  # as measured on llvmpipe
         window.model.scroll("axial", 1)
@@ -329,7 +329,7 @@ def test_linked_crosshair_render_deferred_only_on_slow_renderer(window, qtbot):
         assert cor._settle_since is None  # not deferred ...
         qtbot.waitUntil(lambda: len(renders) > n, timeout=100)  # ... rendered before SETTLE_MS (120 ms)
     finally:
-        cor.GetRenderWindow().Render = orig
+        del cor.render_now
 
 
 def test_3d_cursor_renders_when_a_scroll_pauses_and_at_once_on_a_jump(window, qtbot):

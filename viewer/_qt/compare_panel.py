@@ -210,7 +210,7 @@ class _Partner:
             return
         self.layout._rendering = True
         try:
-            self.other.GetRenderWindow().Render()
+            self.other.render_now()
         finally:
             self.layout._rendering = False
 

@@ -51,16 +51,15 @@ class _SubMapping:
 
 class _StrokePreview:
     """Redraw during a stroke: re-compose only the screen rectangle a dab changed, in place in
-    the view's texture, then render. The slice below the edited overlay (windowed image and the
-    overlays drawn before it) is composed once, at the stroke's start; the release re-composes
+    the view's own copy of the shown slice (``SliceScene.shown_rgb``), then paint. The slice
+    below the edited overlay (windowed image and the overlays drawn before it) is composed
+    once, at the stroke's start; the release re-composes
     the whole slice in every view. Falls back (``ok`` False) when the edited overlay is not the
-    top one or the texture does not have the slice's shape."""
+    top one or the shown slice does not have the plane's shape."""
 
     PAD = 2  # pixels re-composed around the rectangle so outlines at its edge stay right
 
     def __init__(self, view, overlay) -> None:
-        from vtk.util import numpy_support
-
         from ..model import apply_window
 
         m = view.model
@@ -68,9 +67,9 @@ class _StrokePreview:
         self.mapping = m.mappings[view.plane]
         self.k = m.slice_index(view.plane)
         ovs = list(m.visible_overlays()) if hasattr(m, "visible_overlays") else list(m.overlays.values())
-        scalars = view.scene.image.GetPointData().GetScalars()
+        shown = view.scene.shown_rgb
         rows, cols = self.mapping.shape
-        if not ovs or ovs[-1] is not overlay or scalars is None or scalars.GetNumberOfTuples() != rows * cols:
+        if not ovs or ovs[-1] is not overlay or shown is None or shown.shape[:2] != (rows, cols):
             return
         gray = apply_window(m.slice_image(view.plane), *m.window)
         if m.volume.info.invert_grayscale:
@@ -79,8 +78,7 @@ class _StrokePreview:
         for ov in ovs[:-1]:
             rgb = ov.compose(rgb, self.mapping, self.k)
         self.base = rgb
-        self.scalars = scalars
-        self.tex = numpy_support.vtk_to_numpy(scalars).reshape(rows, cols, 3)[::-1]  # a view, row 0 on top
+        self.tex = None  # the stroke's own copy of the shown slice (kept slices stay as composed)
         self.ok = True
 
     def update(self, bbox) -> None:
@@ -99,9 +97,12 @@ class _StrokePreview:
         sub = self.overlay.compose(self.base[r0:r1, c0:c1], _SubMapping(self.mapping, slice(r0, r1), slice(c0, c1)), self.k)
         ir0, ir1 = r0 + (p if r0 > 0 else 0), r1 - (p if r1 < rows else 0)
         ic0, ic1 = c0 + (p if c0 > 0 else 0), c1 - (p if c1 < cols else 0)
+        scene = self.view.scene
+        if self.tex is None or scene.shown_rgb is not self.tex:  # first dab, or the slice was redrawn
+            self.tex = np.array(scene.shown_rgb, copy=True)
+            scene.shown_rgb = self.tex
         self.tex[ir0:ir1, ic0:ic1] = sub[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0]
-        self.scalars.Modified()
-        self.view.scene.image.Modified()
+        scene.shown_changed()
         self.view.request_redraw()
 
 

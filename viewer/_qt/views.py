@@ -18,19 +18,23 @@ slice, ``index_zyx`` the continuous voxel index ``(z, y, x)`` (float ``np.ndarra
 ``np.rint(...).astype(int)`` for the voxel) and ``event`` the ``QMouseEvent``. ``move`` is
 called while the left button is held. Optional methods: ``hover(view, lps, index_zyx, event)``
 (mouse moves without a button), ``draw(view)`` (called after every re-render of the slice, to
-update the tool's own VTK actors in ``view.scene.renderer``) and ``deactivate(view)`` (the tool
+update the tool's own VTK actors in ``view.scene.renderer``: poly-data lines or polygons and
+text actors, which :mod:`.scene_painter` paints) and ``deactivate(view)`` (the tool
 was replaced or cleared). A tool calls ``view.request_redraw()`` after changing its actors.
 
 Frame time while scrolling
 --------------------------
-A slice step in one view changes the image there and only the crosshair line in the linked
-views. On a GPU every view re-renders at once. On a software renderer (Mesa llvmpipe: about
-11 ms per 450x520 view on 2 cores, measured) three renders per step cannot fit a 16 ms frame,
-so a linked view whose own slice did not change and whose renders average over
-``SLOW_RENDER_MS`` re-renders its crosshair when the scroll pauses (``SETTLE_MS``) and at least
-every ``MAX_WAIT_MS`` while it goes on; its scene is updated at once, so a pixel grab or any
-other render shows the new position. A jump from a panel (``cursor_source`` None) or a slice
-change in that view renders immediately. ``benchmarks/bench_gui.py`` reports both.
+The slice views are plain Qt widgets painted with QPainter from their VTK scene
+(:mod:`.scene_painter`; the scene's renderer lives in an offscreen ``vtkRenderWindow`` that
+gives it a size and a camera and is never rendered on screen). Under Mesa llvmpipe, with no
+GPU, a VTK render of one 484x510 view cost 9-14 ms; the painted view costs 1.5-2.5 ms, flush
+to the X server included. The 3D view stays an OpenGL ``QVTKRenderWindowInteractor``.
+A linked view whose own slice did not change and whose renders average over
+``SLOW_RENDER_MS`` (a slow paint, or the 3D view) re-renders when the scroll pauses
+(``SETTLE_MS``) and at least every ``MAX_WAIT_MS`` while it goes on; its scene is updated at
+once, so a pixel grab or any other render shows the new position. A jump from a panel
+(``cursor_source`` None) or a slice change in that view renders immediately.
+``benchmarks/bench_gui.py`` reports both.
 
 Once a slice step is on screen, the view composes the next ``PREFETCH_AHEAD`` slices in the
 scroll direction, one per idle event-loop turn, and the scene keeps them with the slices shown
@@ -47,11 +51,15 @@ import numpy as np
 import vtkmodules.qt
 
 vtkmodules.qt.PyQtImpl = "PySide6"
+import vtk  # noqa: E402
 from PySide6.QtCore import Qt, QTimer, Signal  # noqa: E402
+from PySide6.QtGui import QImage, QPainter  # noqa: E402
+from PySide6.QtWidgets import QWidget  # noqa: E402
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor  # noqa: E402
 
 from ..model import ViewerModel  # noqa: E402
 from ..render import SliceScene, VolumeScene, grab_window  # noqa: E402
+from .scene_painter import ImageCache, paint_renderer  # noqa: E402
 
 __all__ = ["SliceView", "VolumeView", "PREFETCH_AHEAD", "SLOW_RENDER_MS", "SETTLE_MS", "MAX_WAIT_MS"]
 
@@ -61,21 +69,17 @@ SETTLE_MS = 120  # ... until the scroll in the other view pauses this long
 MAX_WAIT_MS = 500  # ... and at least this often while it goes on
 
 
-class _VTKHost(QVTKRenderWindowInteractor):
-    """QVTK widget whose Qt events we handle ourselves (no VTK interactor style)."""
+class _Deferred:
+    """Render scheduling shared by the view hosts: a render posted to the event loop
+    (:meth:`render_later`, coalesced) and one deferred until a scroll elsewhere pauses
+    (:meth:`_render_settled`). Hosts define ``render_now``."""
 
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.setMinimumSize(160, 160)
-        self.setFocusPolicy(Qt.StrongFocus)
-        # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
-        self.GetRenderWindow().SetMultiSamples(0)
-        self._settle: QTimer | None = None
-        self._settle_since: float | None = None
+    _settle: QTimer | None = None
+    _settle_since: float | None = None
+    _render_posted = False
 
-    def render_now(self) -> None:
-        if self.isVisible():
-            self.GetRenderWindow().Render()
+    def render_now(self) -> None:  # pragma: no cover - defined by the hosts
+        raise NotImplementedError
 
     def _render_settled(self) -> None:
         """Render once a scroll in another view pauses for ``SETTLE_MS``, and at least every
@@ -103,7 +107,7 @@ class _VTKHost(QVTKRenderWindowInteractor):
     def render_later(self) -> None:
         """Render once when control returns to the event loop (coalesces the several model
         signals of one change, e.g. a new volume emits volume, window and cursor changes)."""
-        if not getattr(self, "_render_posted", False):
+        if not self._render_posted:
             self._render_posted = True
             QTimer.singleShot(0, self._posted_render)
 
@@ -118,6 +122,24 @@ class _VTKHost(QVTKRenderWindowInteractor):
     def flush(self) -> None:
         """Apply deferred scene updates now (before grabbing pixels)."""
 
+    def _after_resize(self) -> None:
+        pass
+
+
+class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
+    """QVTK widget (OpenGL) whose Qt events we handle ourselves (no VTK interactor style): the 3D view."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(160, 160)
+        self.setFocusPolicy(Qt.StrongFocus)
+        # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
+        self.GetRenderWindow().SetMultiSamples(0)
+
+    def render_now(self) -> None:
+        if self.isVisible():
+            self.GetRenderWindow().Render()
+
     def _display_xy(self, pos) -> tuple[float, float]:
         ratio = self.devicePixelRatioF()
         return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
@@ -129,11 +151,64 @@ class _VTKHost(QVTKRenderWindowInteractor):
         super().resizeEvent(ev)
         self._after_resize()
 
-    def _after_resize(self) -> None:
-        pass
+
+class _RasterHost(_Deferred, QWidget):
+    """A plain (raster) Qt widget that paints the renderers of an offscreen ``vtkRenderWindow``
+    with QPainter (:mod:`.scene_painter`): the 2-D slice views. The render window is never
+    rendered on screen: it gives the scene its size and camera (so display/world mapping,
+    zoom and pan are VTK's) and can still be rendered offscreen by VTK for a comparison."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(160, 160)
+        self.setFocusPolicy(Qt.StrongFocus)
+        self.setAttribute(Qt.WA_OpaquePaintEvent)  # the painter fills every pixel
+        self._window = vtk.vtkRenderWindow()
+        self._window.SetOffScreenRendering(1)
+        self._window.SetMultiSamples(0)
+        self._size_window()
+
+    def GetRenderWindow(self):  # noqa: N802 - the QVTK name, kept for the scene and tools
+        """The offscreen ``vtkRenderWindow`` holding this view's renderer (size in device pixels)."""
+        return self._window
+
+    def _size_window(self) -> None:
+        r = self.devicePixelRatioF()
+        self._window.SetSize(max(1, round(self.width() * r)), max(1, round(self.height() * r)))
+
+    def render_now(self) -> None:
+        """Paint now (synchronously, as a VTK ``Render()`` does) when the view is visible."""
+        if self.isVisible():
+            self.repaint()
+
+    def _images(self) -> dict:
+        return {}
+
+    def paintEvent(self, ev):  # noqa: N802 - Qt naming
+        p = QPainter(self)
+        try:
+            r = self.devicePixelRatioF()
+            if r != 1.0:
+                p.scale(1.0 / r, 1.0 / r)
+            size = tuple(self._window.GetSize())
+            rens = self._window.GetRenderers()
+            rens.InitTraversal()
+            for _ in range(rens.GetNumberOfItems()):
+                paint_renderer(p, rens.GetNextItem(), size, self._images())
+        finally:
+            p.end()
+
+    def _display_xy(self, pos) -> tuple[float, float]:
+        ratio = self.devicePixelRatioF()
+        return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        self._size_window()
+        self._after_resize()
 
 
-class SliceView(_VTKHost):
+class SliceView(_RasterHost):
     """One linked MPR plane. Emits ``readout(str)`` with HU/LPS under the mouse.
 
     ``tool_changed(object)`` is emitted with the new tool (or ``None``) by :meth:`set_tool`.
@@ -147,6 +222,7 @@ class SliceView(_VTKHost):
         self.model = model
         self.plane = plane
         self.scene = SliceScene(model, plane)
+        self._image_cache = ImageCache()
         self.GetRenderWindow().AddRenderer(self.scene.renderer)
         self.setMouseTracking(True)
         self._drag = None
@@ -185,6 +261,9 @@ class SliceView(_VTKHost):
 
     def _on_volume(self, _vol) -> None:
         self.scene._shape = None
+        if not self.isVisible():  # hidden (other layout): set up when shown, at its size (a
+            self._stale = True  # hidden view's camera reset would use a wrong aspect, and the
+            return  # compare layout's views share their camera with the main ones)
         self.scene.update_image()
         self._last_index = self.model.slice_index(self.plane)
         self.render_later()
@@ -262,6 +341,12 @@ class SliceView(_VTKHost):
     def request_redraw(self) -> None:
         """Re-render the view (the tool's actors included), without re-slicing the image."""
         self.render_now()
+
+    def _images(self) -> dict:
+        rgb = self.scene.shown_rgb
+        if rgb is None:
+            return {}
+        return {id(self.scene.actor): self._image_cache.set_source(rgb, self.scene.shown_version)}
 
     def add_painter(self, painter) -> None:
         """Call ``painter.draw(view)`` before every render (persistent annotations, e.g. measurements)."""
@@ -530,10 +615,17 @@ def _software_gl(win) -> bool:
     return any(k in low for k in ("llvmpipe", "softpipe", "swrast", "software rasterizer"))
 
 
-def grab_pixels(view: _VTKHost) -> np.ndarray:
-    """RGB pixels ``(h, w, 3)`` of a view's render window (top row first), pending updates applied."""
+def grab_pixels(view) -> np.ndarray:
+    """RGB pixels ``(h, w, 3)`` uint8 of a view as drawn (top row first, device pixels),
+    pending updates applied: a slice view's QPainter picture (``QWidget.grab``), the 3D view's
+    OpenGL render window."""
     view.flush()
     if hasattr(view, "_painters"):
         for p in view._painters:
             p.draw(view)
+    if isinstance(view, _RasterHost):
+        img = view.grab().toImage().convertToFormat(QImage.Format_RGB888)
+        w, h = img.width(), img.height()
+        arr = np.frombuffer(img.constBits(), np.uint8, count=img.bytesPerLine() * h).reshape(h, img.bytesPerLine())
+        return arr[:, : 3 * w].reshape(h, w, 3).copy()
     return grab_window(view.GetRenderWindow())

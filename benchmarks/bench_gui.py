@@ -24,6 +24,14 @@ layout with the 3D view, a 1800x1100 window:
    the time from a step until its slice is on screen and ``late_steps`` counts steps delayed by
    the work of the one before.
 
+4. **reopen**: the same study opened again, as a radiologist comes back to it: the first image,
+   and the longest stall until 2 s after the volume is shown while the last run is restored
+   (overlays, candidate markers, AI table and 3D surfaces from the saved run outputs).
+
+The review store and settings are a fresh temporary folder per run (``RADREVIEW_DATA_DIR``,
+``RADREVIEW_CONFIG_DIR``) unless ``--data-dir`` is given, so step 1 is a first open (nothing to
+restore) whatever ran before, and the user's own store is never written.
+
 A stall is the longest gap between ticks of a 2 ms ``QTimer`` on the GUI thread (how long the
 window could not react). Prints one JSON object.
 """
@@ -212,6 +220,24 @@ def run(series: Path, steps: int = 60) -> dict:
         out["scroll"][label] = row
     views_mod.SLOW_RENDER_MS = slow
     views_mod.PREFETCH_AHEAD = ahead
+
+    # 4. reopen: the saved run is restored ---------------------------------------------------
+    win.model.remove_overlay("bench-heatmap")
+    pump(app, 0.5)
+    marks = {}
+    win.first_image_shown.connect(lambda: marks.setdefault("first", time.perf_counter()))
+    win.volume_loaded.connect(lambda _v: marks.setdefault("full", time.perf_counter()))
+    restored: list[float] = []
+    win.review_panel.run_restored.connect(lambda _s: restored.append(time.perf_counter()))
+    t0 = time.perf_counter()
+    win.open_path(str(series))
+    pump(app, until=lambda: "full" in marks)
+    pump(app, 2.0, until=lambda: not getattr(panel, "drawing", False))
+    t1 = time.perf_counter()
+    out["reopen"] = {"first_image_s": round(marks["first"] - t0, 3) if "first" in marks else None,
+                     "volume_s": round(marks["full"] - t0, 3), "run_restored": bool(restored),
+                     "markers_listed": panel.findings_table.rowCount(),
+                     "longest_stall_s": round(meter.longest(t0, t1), 3)}
     out["load_average_1min"] = round(os.getloadavg()[0], 2)
     out["cpu_cores"] = os.cpu_count()
     win.close()
@@ -223,8 +249,15 @@ def main(argv=None) -> int:
     ap.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--data-dir", type=Path, help="review store and settings folder (default: a fresh temporary one)")
     args = ap.parse_args(argv)
+    import tempfile
+
+    base = args.data_dir or Path(tempfile.mkdtemp(prefix="radreview-bench-"))
+    os.environ["RADREVIEW_DATA_DIR"] = str(base / "data")
+    os.environ["RADREVIEW_CONFIG_DIR"] = str(base / "config")
     res = run(args.series, args.steps)
+    res["data_dir"] = str(base)
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:

@@ -121,6 +121,12 @@ def test_states_keys_sign_off_lock_addendum_and_restore(window, qtbot, ct_series
     assert p2.reviewer.text() == "dr gui"
     ov = win2.model.overlays.get("ai-segmentation")
     assert ov is not None and np.array_equal(ov.labels, labels)
+    # its 3D surfaces come back from a worker (never built on the GUI thread), added one per turn
+    seg = run.segmentations["ct-organs-2p5d"]
+    want = [s.index for s in seg.stats if s.voxels and s.name != "body"]
+    qtbot.waitUntil(lambda: not win2.ai_panel.drawing and all(win2.view3d.scene.surface_of(i) is not None for i in want),
+                    timeout=60000)
+    assert win2.view3d.scene.surface_of(next(s.index for s in seg.stats if s.name == "body")) is None
     store = ReviewStore()
     assert store.verify_audit().ok
     actions = [r[3] for r in store.audit_rows()]

@@ -46,6 +46,8 @@ class AIPanel(QWidget):
         self.overall = RunProgress([])
         self.drawing = False  # 3D surfaces still being added (one per event-loop turn)
         self._surface_source = None
+        self._restored_meshes = (None, None)  # (result, meshes) made by a worker for a restored run
+        self._mesh_job_for = None
         self._surface_queue: list = []
         from PySide6.QtCore import QTimer
 
@@ -389,14 +391,15 @@ class AIPanel(QWidget):
             return
         scene = self.view3d.scene
         meshes = (getattr(self.run_result, "surface_meshes", None) or {}).get(self.result.model_id)
-        if meshes is None:  # a result without worker meshes (e.g. shown by a test): build here
-            if self.surfaces.isChecked():
-                skip = tuple(s.index for s in self.result.stats if s.name == "body" or not self.overlay.visible.get(s.index, True))
-                scene.set_labels(self.result.labels, {s.index: s.color for s in self.result.stats}, skip=skip)
-            else:
-                scene.set_labels(None)
+        if meshes is None and self._restored_meshes[0] is self.result:
+            meshes = self._restored_meshes[1]
+        if meshes is None:  # a result shown without the run's meshes (a restored run): a worker makes them
+            if not self.surfaces.isChecked():
+                scene.clear_surfaces()
                 scene.show_volume_rendering(True)
-            self.view3d.render_now()
+                self.view3d.render_now()
+            elif self._mesh_job_for is not self.result:
+                self._start_mesh_job(self.result)
             return
         if self._surface_source is not meshes:
             scene.clear_surfaces()
@@ -406,6 +409,43 @@ class AIPanel(QWidget):
             self._surface_timer.start()
             return
         self._apply_surface_visibility()
+
+    def _start_mesh_job(self, result) -> None:
+        import shiboken6
+
+        from .workers import surfaces_worker
+
+        vol = self.model.volume
+        if vol is None or result.labels.shape != vol.array.shape:
+            return
+        idx = [s.index for s in result.stats if s.voxels and s.name != "body"]
+        self._mesh_job_for = result
+        self.drawing = True
+        w = surfaces_worker(result.labels, vol, idx)
+
+        def done(meshes, _result=result):
+            if not shiboken6.isValid(self) or not shiboken6.isValid(self._surface_timer) or \
+                    (self.view3d is not None and not shiboken6.isValid(self.view3d)):
+                return  # the window closed while the worker ran
+            if self._mesh_job_for is _result:
+                self._mesh_job_for = None
+            self.drawing = False
+            if _result is self.result:
+                self._restored_meshes = (_result, meshes)
+                self._update_surfaces()
+
+        def failed(exc, _result=result):
+            if not shiboken6.isValid(self):
+                return
+            if self._mesh_job_for is _result:
+                self._mesh_job_for = None
+            self.drawing = False
+            self.eta.setText(f"3D surfaces not built: {exc}")
+
+        w.returned.connect(done)
+        w.errored.connect(failed)
+        self._mesh_worker = w  # kept alive while it runs
+        w.start()
 
     def _add_next_surface(self) -> None:
         if not self._surface_queue or self.result is None or self.view3d is None:

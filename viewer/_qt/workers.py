@@ -80,6 +80,36 @@ def run_models_worker(volume, model_ids, thresholds, precision: str = "int8", th
 
 
 
+def _surfaces(labels, volume, indices, tick):
+    """Surface meshes of ``indices`` in ``labels`` ``(z, y, x)`` on ``volume``'s grid
+    (``render.label_surfaces``, strided to 128 voxels per axis), yielding ``tick`` while they
+    are computed. VTK filters hold the GIL, so they run in the shared process pool (the GUI
+    thread keeps turning); in this thread when there is no pool."""
+    import numpy as np
+    from concurrent.futures import wait
+
+    from radreview.studies.parallel import decode_pool
+    from radreview.viewer.render import label_surfaces, strided_array
+
+    arr, sp = strided_array(labels, volume.spacing, 128)
+    args = (arr, tuple(sp), tuple(volume.origin), np.asarray(volume.direction), list(indices), None)
+    pool = decode_pool()
+    if pool is None:
+        return label_surfaces(*args)
+    fut = pool.submit(label_surfaces, *args)
+    while not fut.done():  # cancellable while waiting
+        yield tick
+        wait([fut], timeout=0.2)
+    return fut.result()
+
+
+@thread_worker(ignore_errors=True)
+def surfaces_worker(labels, volume, indices):
+    """3D surface meshes of a label map shown without them (a restored run): returns
+    ``{index: (points, triangles, normals)}`` for ``VolumeScene.add_surface``."""
+    return (yield from _guard(_surfaces(labels, volume, indices, ("surfaces", 0, 1))))
+
+
 def _stride(volume, max_dim):
     from radreview.viewer.render import strided_array
 
@@ -94,7 +124,6 @@ def stride_worker(volume, max_dim: int):
 
 
 def _run_models(volume, model_ids, thresholds, precision, threads):
-    import numpy as np
 
     from radreview.inference.segment import SegProgress
     from radreview.viewer.workflow import default_models, iter_run_models
@@ -112,26 +141,10 @@ def _run_models(volume, model_ids, thresholds, precision, threads):
     yield ("__plan__", (list(model_ids), tasks))
     run = yield from iter_run_models(volume, model_ids, thresholds, precision, threads)
     # 3D surfaces of every segmented label except the body, here on the worker (never on the GUI thread)
-    # VTK filters hold the GIL, so they run in the shared process pool (the GUI thread keeps turning)
-    from concurrent.futures import wait
-
-    from radreview.studies.parallel import decode_pool
-    from radreview.viewer.render import label_surfaces, strided_array
-
     run.surface_meshes = {}
     for mid, seg in run.segmentations.items():
         idx = [s.index for s in seg.stats if s.voxels and s.name != "body"]
-        arr, sp = strided_array(seg.labels, volume.spacing, 128)
-        pool = decode_pool()
-        args = (arr, tuple(sp), tuple(volume.origin), np.asarray(volume.direction), idx, None)
-        if pool is not None:
-            fut = pool.submit(label_surfaces, *args)
-            while not fut.done():  # cancellable while waiting
-                yield (mid, SegProgress("surfaces", 0, 1))
-                wait([fut], timeout=0.2)
-            run.surface_meshes[mid] = fut.result()
-        else:
-            run.surface_meshes[mid] = label_surfaces(*args)
+        run.surface_meshes[mid] = yield from _surfaces(seg.labels, volume, idx, (mid, SegProgress("surfaces", 0, 1)))
     return run
 
 

@@ -125,6 +125,11 @@ class _Deferred:
     def _after_resize(self) -> None:
         pass
 
+    def _display_xy(self, pos) -> tuple[float, float]:
+        """VTK display coordinates (device pixels, origin bottom-left) of a widget position."""
+        ratio = self.devicePixelRatioF()
+        return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
+
 
 class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
     """QVTK widget (OpenGL) whose Qt events we handle ourselves (no VTK interactor style): the 3D view."""
@@ -139,10 +144,6 @@ class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
     def render_now(self) -> None:
         if self.isVisible():
             self.GetRenderWindow().Render()
-
-    def _display_xy(self, pos) -> tuple[float, float]:
-        ratio = self.devicePixelRatioF()
-        return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
 
     def paintEvent(self, ev):  # noqa: N802 - Qt naming
         self.GetRenderWindow().Render()
@@ -197,10 +198,6 @@ class _RasterHost(_Deferred, QWidget):
                 paint_renderer(p, rens.GetNextItem(), size, self._images())
         finally:
             p.end()
-
-    def _display_xy(self, pos) -> tuple[float, float]:
-        ratio = self.devicePixelRatioF()
-        return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
 
     def resizeEvent(self, ev):  # noqa: N802
         super().resizeEvent(ev)

@@ -367,12 +367,12 @@ def _paint_scalar_bar(painter: QPainter, bar, renderer, w: int, h: int) -> None:
         except (TypeError, ValueError):
             s = f"{v:g}"
         yy = bottom - frac * (bottom - top)
-        _text_block_anchor(painter, s, ltp, x0 + bar_w + 3, yy, h)
+        _, lfm = _font(ltp)
+        _text_at(painter, s, ltp, x0 + bar_w + 3, yy + (lfm.ascent() - lfm.descent()) / 2)  # centred on its value
     if bar.GetTitle():
-        _, fm = _font(ttp)
-        tw = fm.horizontalAdvance(bar.GetTitle())
+        tw = tfm.horizontalAdvance(bar.GetTitle())
         tx = min(x0 + bar_w / 2 - tw / 2, w - tw - 2)
-        _text_plain(painter, bar.GetTitle(), ttp, tx, h - y1 + fm.ascent())
+        _text_at(painter, bar.GetTitle(), ttp, tx, h - y1 + tfm.ascent())
 
 
 _STRIPS: dict[int, tuple[int, QImage]] = {}
@@ -397,14 +397,8 @@ def _lut_strip(lut) -> QImage:
     return img
 
 
-def _text_block_anchor(painter: QPainter, s: str, tp, x: float, y_center: float, h: int) -> None:
-    font, fm = _font(tp)
-    painter.setFont(font)
-    painter.setPen(_qcolor(tp.GetColor(), tp.GetOpacity()))
-    painter.drawText(QPointF(x, y_center + (fm.ascent() - fm.descent()) / 2), s)
-
-
-def _text_plain(painter: QPainter, s: str, tp, x: float, baseline: float) -> None:
+def _text_at(painter: QPainter, s: str, tp, x: float, baseline: float) -> None:
+    """One line of ``s`` in ``tp``'s font and colour, its baseline at device ``(x, baseline)``."""
     font, _ = _font(tp)
     painter.setFont(font)
     painter.setPen(_qcolor(tp.GetColor(), tp.GetOpacity()))

@@ -131,6 +131,10 @@ class SliceScene:
         self.image = vtk.vtkImageData()
         self.actor = vtk.vtkImageActor()
         self.actor.GetMapper().SetInputData(self.image)
+        # each pixel drawn whole (VTK's default draws the edge rows and columns half size, from
+        # the first to the last pixel centre: a thick-slice coronal view lost half a slice at
+        # each end, and the Qt-painted view, which draws whole pixels, differed from it)
+        self.actor.GetMapper().BorderOn()
         self.actor.InterpolateOff()
         self.renderer.AddActor(self.actor)
         #: the composed slice shown, ``(rows, cols, 3)`` uint8 RGB, row 0 on top (what a QPainter

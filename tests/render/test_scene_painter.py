@@ -122,3 +122,125 @@ def test_unknown_prop_is_reported(window, qtbot):
         assert unpainted(ax.scene.renderer) == [extra.GetClassName()]
     finally:
         ax.scene.renderer.RemoveViewProp(extra)
+
+
+def test_props_painted_only_in_part_are_reported(window, qtbot):
+    """Prop types the painter draws, used in ways it does not draw (strips, vertices, colour
+    by scalars, a horizontal colour bar, an image actor without its half-pixel border), are
+    named with the reason: a tool that adds one is told, not silently drawn wrong."""
+    import vtk
+    from vtkmodules.util import numpy_support
+
+    ren = window.views["axial"].scene.renderer
+    assert unpainted(ren) == []
+
+    def actor(poly):
+        mapper = vtk.vtkPolyDataMapper()
+        mapper.SetInputData(poly)
+        a = vtk.vtkActor()
+        a.SetMapper(mapper)
+        return a
+
+    strips = vtk.vtkStripper()
+    sphere = vtk.vtkSphereSource()
+    strips.SetInputConnection(sphere.GetOutputPort())
+    strips.Update()
+    verts = vtk.vtkPolyData()
+    pts = vtk.vtkPoints()
+    pts.InsertNextPoint(1.0, 1.0, 0.5)
+    verts.SetPoints(pts)
+    cells = vtk.vtkCellArray()
+    cells.InsertNextCell(1)
+    cells.InsertCellPoint(0)
+    verts.SetVerts(cells)
+    line = vtk.vtkLineSource()
+    line.Update()
+    coloured = vtk.vtkPolyData()
+    coloured.DeepCopy(line.GetOutput())
+    coloured.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.array([0.0, 1.0])))
+    bar = vtk.vtkScalarBarActor()
+    bar.SetOrientationToHorizontal()
+    image = vtk.vtkImageActor()
+    img = vtk.vtkImageData()
+    img.SetDimensions(2, 2, 1)
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    image.GetMapper().SetInputData(img)
+    props = [actor(strips.GetOutput()), actor(verts), actor(coloured), bar, image]
+    for p in props:
+        ren.AddViewProp(p)
+    try:
+        got = unpainted(ren)
+    finally:
+        for p in props:
+            ren.RemoveViewProp(p)
+    reasons = ["triangle strips", "vertices", "colour from scalars", "horizontal", "border off"]
+    assert len(got) == len(reasons) and all(r in g for r, g in zip(reasons, got)), got
+
+
+def _image_rows(px: np.ndarray, col: int) -> tuple[int, int]:
+    rows = np.nonzero(px[:, col].astype(int).sum(axis=1) > 30)[0]
+    return int(rows.min()), int(rows.max())
+
+
+def test_edge_pixels_are_drawn_whole_by_both_painters(window, qtbot):
+    """The coronal and sagittal views of the 20-slice CT, zoomed 4x so a 2 mm slice is about
+    7 device pixels tall: the first and last slices are drawn whole (from half a slice above
+    the first slice centre to half a slice below the last) in the Qt view and in VTK's own
+    render (its mapper's default drew them half size, from centre to centre, half a row short at
+    each end), as the geometry says."""
+    from radreview.viewer._qt.scene_painter import world_to_device
+
+    m = window.model
+    for plane in ("coronal", "sagittal"):
+        view = window.views[plane]
+        cam = view.scene.renderer.GetActiveCamera()
+        cam.SetParallelScale(cam.GetParallelScale() / 4)
+        view.render_now()
+        qtbot.wait(20)
+        mapping = m.mappings[plane]
+        rows, _cols = mapping.shape
+        sr, sc = mapping.pixel_spacing
+        h = view.GetRenderWindow().GetSize()[1]
+        dev = world_to_device(view.scene.renderer, h)
+        (_, y_top), (_, y_bottom) = (dev @ np.array([0.0, y, 1.0]) for y in ((rows - 0.5) * sr, -0.5 * sr))
+        assert y_bottom - y_top > 60, plane  # the zoom worked: slices are several pixels tall
+        qt = grab_pixels(view)
+        gl = grab_window(view.GetRenderWindow())
+        cross = (qt == CROSSHAIR_RGB).all(axis=2).sum(axis=0)
+        col = next(c for c in range(int(0.45 * qt.shape[1]), qt.shape[1]) if cross[c] < 5)  # off the vertical line
+        for name, px in (("Qt", qt), ("VTK", gl)):
+            top, bottom = _image_rows(px, col)
+            assert abs(top - y_top) <= 1.0 and abs(bottom + 1 - y_bottom) <= 1.0, (
+                f"{plane} ({name}): image rows {top}-{bottom}, geometry {y_top:.1f}-{y_bottom:.1f}")
+
+
+def _on_screen(view) -> np.ndarray:
+    """What the X server shows of ``view`` now (the root window's pixels: no paint is asked for)."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QGuiApplication, QImage
+
+    g = view.mapToGlobal(QPoint(0, 0))
+    img = QGuiApplication.primaryScreen().grabWindow(0, g.x(), g.y(), view.width(), view.height()).toImage()
+    img = img.convertToFormat(QImage.Format_RGB888)
+    w, h = img.width(), img.height()
+    arr = np.frombuffer(img.constBits(), np.uint8, count=img.bytesPerLine() * h).reshape(h, img.bytesPerLine())
+    return arr[:, : 3 * w].reshape(h, w, 3).copy()
+
+
+def test_painters_run_on_repaints_qt_asks_for(window, qtbot):
+    """A layout change repaints the views because Qt asks (resize, show), not through a
+    render: the compare layout's "AI" title (a painter) is on screen after the switch and gone
+    after the switch back, without any render call."""
+    def title_pixels() -> int:
+        px = _on_screen(window.views["axial"]).astype(int)
+        h, w, _ = px.shape
+        top = px[: int(0.09 * h), int(0.4 * w): int(0.6 * w)]
+        return int((top.min(axis=2) > 225).sum())  # white text (the orientation letter is amber)
+
+    assert title_pixels() < 5
+    window.set_layout("ai|manual")
+    qtbot.wait(400)
+    assert title_pixels() > 15
+    window.set_layout("2x2")
+    qtbot.wait(400)
+    assert title_pixels() < 5

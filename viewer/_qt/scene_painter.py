@@ -14,7 +14,8 @@ What it paints, in VTK's order (3-D props by their depth, nearest last; then 2-D
 
 * ``vtkImageActor``: the RGB image given for it (``images``), or its ``vtkImageData``'s
   unsigned-char RGB scalars, over the world rectangle its pixels cover (pixel ``i`` centred on
-  ``origin + i * spacing``), nearest-neighbour, as ``InterpolateOff`` does in VTK;
+  ``origin + i * spacing``, each pixel whole, as VTK draws it with the mapper's ``BorderOn``),
+  nearest-neighbour, as ``InterpolateOff`` does in VTK;
 * ``vtkActor`` with a poly-data mapper: lines and poly-lines, and polygons (filled when the
   property's representation is surface, outlined otherwise), in the property's colour,
   opacity and line width, through the actor's matrix;
@@ -76,8 +77,66 @@ _KINDS = ("vtkImageActor", "vtkOpenGLImageActor", "vtkOpenGLActor", "vtkActor", 
 
 
 def unpainted(renderer) -> list[str]:
-    """Class names of the visible props of ``renderer`` that :func:`paint_renderer` cannot draw."""
-    return [p.GetClassName() for p in _props(renderer) if p.GetVisibility() and p.GetClassName() not in _KINDS]
+    """What :func:`paint_renderer` would not draw as VTK does, one entry per visible prop:
+    its class name, followed by the reason in brackets where the prop type is painted but
+    this use of it is not (``"vtkOpenGLActor (triangle strips)"``). Not drawn: prop types
+    outside the list in the module docstring; poly-data vertices and triangle strips; colour
+    from scalars (a mapper with scalar visibility on and point or cell scalars to colour
+    by); the points representation; textures; a non-poly-data mapper; a horizontal scalar
+    bar; an image actor whose own image is not RGB unsigned char (unless the view gives its
+    picture, as every ``SliceView`` does for its slice), or whose mapper has its half-pixel
+    border off (VTK then draws the first and last rows and columns half size; the painter,
+    like every viewer, draws each pixel whole)."""
+    out = []
+    for p in _props(renderer):
+        if not p.GetVisibility():
+            continue
+        name = p.GetClassName()
+        if name not in _KINDS:
+            out.append(name)
+            continue
+        why = _unpainted_use(p, name)
+        if why:
+            out.append(f"{name} ({why})")
+    return out
+
+
+def _unpainted_use(p, name: str) -> str:
+    if name in ("vtkOpenGLActor", "vtkActor"):
+        mapper = p.GetMapper()
+        if mapper is None:
+            return ""
+        if not mapper.IsA("vtkPolyDataMapper"):
+            return f"mapper {mapper.GetClassName()}"
+        alg = mapper.GetInputAlgorithm()
+        if alg is not None:
+            alg.Update()
+        poly = mapper.GetInput()
+        if poly is None or poly.GetNumberOfPoints() == 0:
+            return ""
+        if poly.GetStrips() is not None and poly.GetStrips().GetNumberOfCells():
+            return "triangle strips"
+        if poly.GetVerts() is not None and poly.GetVerts().GetNumberOfCells():
+            return "vertices"
+        if mapper.GetScalarVisibility() and (poly.GetPointData().GetScalars() is not None or poly.GetCellData().GetScalars() is not None):
+            return "colour from scalars"
+        if p.GetProperty() is not None and p.GetProperty().GetRepresentation() == 0:
+            return "points representation"
+        if p.GetTexture() is not None:
+            return "texture"
+        return ""
+    if "ScalarBar" in name:
+        return "horizontal" if p.GetOrientation() == 0 else ""
+    if name.endswith("ImageActor"):
+        img = p.GetMapper().GetInput() if p.GetMapper() is not None else p.GetInput()
+        if img is None or img.GetNumberOfPoints() == 0:
+            return ""
+        if p.GetMapper() is not None and not p.GetMapper().GetBorder():
+            return "border off: VTK draws the edge pixels half size"
+        sc = img.GetPointData().GetScalars()
+        if sc is None or sc.GetNumberOfComponents() != 3 or sc.GetDataType() != 3:  # VTK_UNSIGNED_CHAR
+            return "image not RGB unsigned char"
+    return ""
 
 
 def paint_renderer(painter: QPainter, renderer, size_px: tuple[int, int], images: dict | None = None) -> None:

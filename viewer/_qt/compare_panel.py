@@ -199,13 +199,18 @@ class CompareLayout:
 
 
 class _Partner:
-    """Painter: rendering one view of a linked pair also renders the other (shared camera)."""
+    """Painter hook: rendering one view of a linked pair also renders the other (shared
+    camera). It acts after an explicit render (``after_render``), never inside a paint event
+    (a Qt repaint of another widget from there is refused as recursive)."""
 
     def __init__(self, layout: CompareLayout, other: SliceView) -> None:
         self.layout = layout
         self.other = other
 
     def draw(self, view) -> None:
+        pass
+
+    def after_render(self, view) -> None:
         if self.layout._rendering or not self.other.isVisible() or not view.isVisible():
             return
         self.layout._rendering = True

@@ -346,20 +346,32 @@ class SliceView(_RasterHost):
         return {id(self.scene.actor): self._image_cache.set_source(rgb, self.scene.shown_version)}
 
     def add_painter(self, painter) -> None:
-        """Call ``painter.draw(view)`` before every render (persistent annotations, e.g. measurements)."""
+        """Call ``painter.draw(view)`` before every paint of this view, whoever asked for it (a
+        render, a grab, or Qt: an expose, resize or layout change), so persistent annotations
+        (measurements, titles, legends) are never stale on screen. ``draw`` only updates this
+        view's scene. A painter may also have ``after_render(view)``, called after each
+        explicit render (:meth:`render_now`; e.g. render the partner of a linked pair, which
+        a paint event must not do)."""
         if painter not in self._painters:
             self._painters.append(painter)
 
-    def render_now(self) -> None:
+    def paintEvent(self, ev):  # noqa: N802 - Qt naming
         for p in self._painters:
             p.draw(self)
         if self.tool is not None and hasattr(self.tool, "draw"):
             self.tool.draw(self)
+        super().paintEvent(ev)
+
+    def render_now(self) -> None:
         t = time.perf_counter()
         super().render_now()
         self.rendered_at = time.perf_counter()
         ms = (self.rendered_at - t) * 1000.0
         self._render_ms = ms if self._render_ms == 0.0 else 0.7 * self._render_ms + 0.3 * ms
+        for p in self._painters:
+            after = getattr(p, "after_render", None)
+            if after is not None:
+                after(self)
         if self._prefetch_wanted:
             self._prefetch_wanted = False
             self._prefetch_timer.start()
@@ -617,10 +629,7 @@ def grab_pixels(view) -> np.ndarray:
     pending updates applied: a slice view's QPainter picture (``QWidget.grab``), the 3D view's
     OpenGL render window."""
     view.flush()
-    if hasattr(view, "_painters"):
-        for p in view._painters:
-            p.draw(view)
-    if isinstance(view, _RasterHost):
+    if isinstance(view, _RasterHost):  # the grab runs paintEvent (painters and tool included)
         img = view.grab().toImage().convertToFormat(QImage.Format_RGB888)
         w, h = img.width(), img.height()
         arr = np.frombuffer(img.constBits(), np.uint8, count=img.bytesPerLine() * h).reshape(h, img.bytesPerLine())

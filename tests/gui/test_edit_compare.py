@@ -118,6 +118,56 @@ def test_brush_eraser_fill_undo_with_mouse_and_keys(window, qtbot):
     assert view.tool is None and not panel.buttons["brush"].isChecked()
 
 
+def test_stroke_preview_follows_window_overlays_and_slice_changes_mid_drag(window, qtbot):
+    """During a brush drag the view shows only the changed rectangle re-composed on a base
+    slice made at the stroke's start: a preset key (W/L), O (overlays off and on) or a wheel
+    step in the middle of the drag must not leave stale pixels, and a stroke that crosses a
+    slice step is two undo steps, one per slice."""
+    view = window.views["axial"]
+    panel = window.edit_panel
+    m = window.model
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key_B)
+    ed = panel.editor
+    k = m.slice_index("axial")
+
+    def at(r, c):
+        return QPoint(*view.widget_pos_of(r, c))
+
+    def stale_pixels() -> int:
+        view.flush()
+        fresh = m.compose_slice("axial", m.slice_index("axial")).astype(int)
+        return int((np.abs(view.scene.shown_rgb.astype(int) - fresh).max(axis=2) > 8).sum())
+
+    qtbot.mousePress(view, Qt.LeftButton, pos=at(256, 150))
+    qtbot.mouseMove(view, pos=at(256, 200))
+    assert stale_pixels() == 0
+    window_before = m.window
+    qtbot.keyClick(view, Qt.Key_1)  # lung preset in the middle of the drag
+    assert m.window != window_before
+    qtbot.mouseMove(view, pos=at(256, 240))
+    assert stale_pixels() == 0
+    qtbot.keyClick(window, Qt.Key_O)  # overlays off ...
+    assert not m.overlays_shown
+    qtbot.mouseMove(view, pos=at(256, 270))
+    assert stale_pixels() == 0
+    qtbot.keyClick(window, Qt.Key_O)  # ... and on again
+    qtbot.mouseMove(view, pos=at(256, 300))
+    assert stale_pixels() == 0
+    steps = ed.undo_steps
+    m.scroll("axial", 1)  # a wheel step in the middle of the drag
+    qtbot.mouseMove(view, pos=at(300, 300))
+    assert ed.undo_steps == steps + 1  # what was painted on slice k is one step
+    qtbot.mouseMove(view, pos=at(330, 300))
+    assert stale_pixels() == 0
+    qtbot.mouseRelease(view, Qt.LeftButton, pos=at(330, 300))
+    assert ed.undo_steps == steps + 2
+    assert (ed.labels[k] > 0).sum() > 200 and (ed.labels[k + 1] > 0).sum() > 100
+    before_k = ed.labels[k].copy()
+    assert ed.undo()  # undoes the slice k + 1 part only
+    assert not ed.labels[k + 1].any() and np.array_equal(ed.labels[k], before_k)
+
+
 def test_reference_of_another_study_is_refused_with_the_file_named(window, qtbot, data_dir):
     cp = window.compare_panel
     bad = data_dir / "mr-brain-label" / "brain1_label.nrrd"  # a brain MR label map: not this CT's space

@@ -66,7 +66,9 @@ class _StrokePreview:
         self.view, self.overlay, self.ok = view, overlay, False
         self.mapping = m.mappings[view.plane]
         self.k = m.slice_index(view.plane)
-        ovs = list(m.visible_overlays()) if hasattr(m, "visible_overlays") else list(m.overlays.values())
+        self.state = self.state_of(view, overlay)
+        ovs = self._overlays(m)
+        view.flush()  # a redraw still pending (overlays toggled) composes the shown slice first
         shown = view.scene.shown_rgb
         rows, cols = self.mapping.shape
         if not ovs or ovs[-1] is not overlay or shown is None or shown.shape[:2] != (rows, cols):
@@ -80,6 +82,31 @@ class _StrokePreview:
         self.base = rgb
         self.tex = None  # the stroke's own copy of the shown slice (kept slices stay as composed)
         self.ok = True
+
+    @staticmethod
+    def _overlays(m) -> list:
+        return list(m.visible_overlays()) if hasattr(m, "visible_overlays") else list(m.overlays.values())
+
+    @classmethod
+    def state_of(cls, view, overlay) -> tuple:
+        """What the preview's base slice depends on, besides the edits of the stroke itself:
+        slice index, window, grey-scale inversion, the overlays drawn (which and in what order)
+        and the look of those below the edited one. A change mid-stroke (a wheel step, a W/L
+        drag or preset key, O or H) makes the base stale: :meth:`EditTool._dab` rebuilds it."""
+        m = view.model
+        ovs = cls._overlays(m)
+        below = []
+        for ov in ovs:
+            if ov is overlay:
+                continue
+            fn = getattr(ov, "display_key", None)
+            below.append((id(ov), fn() if fn is not None else None))
+        return (m.slice_index(view.plane), m.window, bool(m.volume.info.invert_grayscale),
+                tuple(id(ov) for ov in ovs), tuple(below))
+
+    def current(self) -> bool:
+        """Whether the base slice still matches what the view shows (:meth:`state_of`)."""
+        return self.state == self.state_of(self.view, self.overlay)
 
     def update(self, bbox) -> None:
         """Re-compose the screen rectangle of voxel box ``bbox`` (slices in z, y, x)."""
@@ -150,6 +177,15 @@ class EditTool:
 
     def _dab(self, view, index_zyx) -> None:
         p = self.panel
+        pv = getattr(self, "_preview", None)
+        if pv is not None and not pv.current():
+            if pv.view is view and pv.k != view.model.slice_index(view.plane) and p.editor._stroke is not None:
+                # the slice changed under the drag (wheel, arrow key): what was painted on the
+                # old slice is one undo step, the drag goes on as a new stroke on this slice
+                p.editor.end_stroke()
+                p.edited(view, final=True)
+                p.editor.begin_stroke(self.kind)
+            self._preview = _StrokePreview(view, p.overlay)
         value = 0 if self.kind == "eraser" else p.value()
         kw = {"mode": p.mode(), "plane": p.plane_axis(view)}
         if self.kind == "brush":

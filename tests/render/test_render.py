@@ -321,3 +321,11 @@ def test_chest_ct_after_run_ai_readable_findings_markers_body_outline(qtbot, dat
         grey += int(rgb.max() - rgb.min() <= 3)
     assert grey >= 95  # a few may fall under markers, text or rulers
     win.close()
+    # reopened: the AI panel lists and draws the same findings, numbered the same
+    win2 = open_window(qtbot, data_dir / "ct-chest-tumor" / "series_B70f")
+    ai2 = win2.ai_panel
+    qtbot.waitUntil(lambda: ai2.findings_table.rowCount() == len(listed), timeout=30000)
+    assert [ai2.findings_table.item(r, 0).text() for r in range(len(listed))] == rows
+    ov2 = win2.model.overlays["ai-candidates"]
+    assert [(mk.number, mk.flagged, mk.name) for mk in ov2.markers] == [(mk.number, mk.flagged, mk.name) for mk in ov.markers]
+    win2.close()

@@ -314,13 +314,17 @@ class AIPanel(QWidget):
         return None
 
     def _show_candidates(self, run) -> None:
-        """List the candidate findings (the card's review policy bounds them) as readable rows
-        and draw exactly those, numbered as in the list (:mod:`viewer.findings_text`)."""
+        self.show_candidates(run.findings)
+
+    def show_candidates(self, findings) -> None:
+        """List the candidate findings among ``findings`` (a run's, or those restored from the
+        store on reopen; the card's review policy bounds them) as readable rows and draw
+        exactly those, numbered as in the list (:mod:`viewer.findings_text`)."""
         from ..findings_text import finding_row_text
         from ..overlay import Marker, MarkerOverlay
 
         vol = self.model.volume
-        self.listed = [f.as_dict() for f in run.findings if f.kind == "candidate"]
+        self.listed = [f.as_dict() for f in findings if f.kind == "candidate"]
         lungs = self.lung_mask() if self.listed else None
         markers = []
         self.findings_table.setRowCount(len(self.listed))

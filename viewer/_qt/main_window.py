@@ -223,15 +223,23 @@ class MainWindow(QMainWindow):
         self.banner.setVisible(n > 0)
 
     def _run_restored(self, saved: dict) -> None:
-        """Reopened study: draw its last run's label map again (findings are in the review panel)."""
+        """Reopened study: draw its last run's label map again, then (next event-loop turn, so
+        the two do not add up to one stall) list and draw its candidate findings (nodules)
+        from the restored findings in the AI panel, numbered as when the run was made."""
+        from PySide6.QtCore import QTimer
+
         from ..workflow import segmentation_from_saved
 
+        vol = self.model.volume
         for run in saved.values():
             seg = segmentation_from_saved(run)
-            if seg is not None and self.model.volume is not None and seg.labels.shape == self.model.volume.array.shape:
+            if seg is not None and vol is not None and seg.labels.shape == vol.array.shape:
                 flagged = {f.name for f in self.review_panel.findings() if f.needs_review and f.model_id == seg.model_id}
                 self.ai_panel.show_result(seg, flagged)
                 break
+        candidates = [f for f in self.review_panel.findings() if f.kind == "candidate"]
+        if candidates and vol is not None:
+            QTimer.singleShot(0, lambda: self.ai_panel.show_candidates(candidates) if self.model.volume is vol else None)
 
     def keyPressEvent(self, ev):  # noqa: N802
         """Key events the views did not use (also covers a session without window activation,

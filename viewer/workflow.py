@@ -41,6 +41,9 @@ class AIRun:
     coverage: ScanCoverage | None = None
     #: every model's :class:`~radreview.inference.runtime.TaskRun` (any task, shipped or registered later)
     runs: dict[str, TaskRun] = field(default_factory=dict)
+    #: ``{model_id: {"labels": .npz bytes}}`` made by :func:`encode_run_outputs` on the worker,
+    #: so :func:`save_ai_run` on the GUI thread only writes them
+    encoded: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     def package_hashes(self) -> dict[str, tuple[str, str]]:
         """``{model_id: (version, package_sha256)}`` of the packages that ran."""
@@ -161,18 +164,31 @@ def open_session(store: ReviewStore, volume: Volume, findings: list[Finding],
     return session
 
 
+def _saved_labels(res: SegmentationResult) -> np.ndarray:
+    return res.labels.astype(np.uint8 if int(res.labels.max(initial=0)) < 256 else np.uint16)
+
+
+def encode_run_outputs(run: AIRun) -> dict[str, dict[str, bytes]]:
+    """Each segmentation's label map ``(z, y, x)`` (uint8, uint16 above 255 labels) as the
+    compressed ``.npz`` bytes :func:`save_ai_run` writes (:func:`radreview.review.runs.encode_array`);
+    run it where the run was computed (the Run AI worker) and keep it in ``run.encoded``."""
+    from radreview.review.runs import encode_array
+
+    return {mid: {"labels": encode_array(_saved_labels(res))} for mid, res in run.segmentations.items()}
+
+
 def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: str = "radreview") -> None:
     """Persist a run so reopening the study restores it: the findings (table ``findings``) and
     each model's outputs (:func:`radreview.review.runs.save_run`: the label map ``(z, y, x)``
-    uint8/uint16 with the per-label stats and the context structures (``"context"``), or the
+    uint8/uint16, from ``run.encoded`` when the worker encoded it, with the per-label stats and the context structures (``"context"``), or the
     candidate list), with their SHA-256."""
     store.save_findings(session.key, [f.as_dict() for f in run.findings], actor)
     for mid, pkg in run.packages.items():
         version, sha = pkg.meta["version"], package_hash(pkg)
         if mid in run.segmentations:
             res = run.segmentations[mid]
-            labels = res.labels.astype(np.uint8 if int(res.labels.max(initial=0)) < 256 else np.uint16)
-            save_run(store, session.key, mid, version, sha, {"labels": labels},
+            labels = run.encoded.get(mid, {}).get("labels")  # encoded on the worker, or now
+            save_run(store, session.key, mid, version, sha, {"labels": labels if labels is not None else _saved_labels(res)},
                      {"task": "segmentation", **res.findings_json(),
                       "context": [c.as_dict() for c in run.context if c.model_id == mid],
                       "stats": [{**s.as_dict(), "color": list(s.color),

@@ -30,7 +30,7 @@ from radreview.review.store import ReviewStore, StoreLocked, StoreMissing, Store
 from tests.audit_tamper import recompute_chain
 from radreview.studies import open_volume
 from radreview.review.workstation import StudySession
-from radreview.viewer.workflow import open_session, restore_last_run, run_models, save_ai_run
+from radreview.viewer.workflow import encode_run_outputs, open_session, restore_last_run, run_models, save_ai_run
 
 ORG = "ct-organs-2p5d"
 NOD = "ct-nodule-2p5d"
@@ -327,6 +327,7 @@ def test_chest_ct_organs_outside_the_scan_are_not_assessed(data_dir, tmp_path):
     # reopening restores the run: findings, label map (checked by SHA-256), decisions, reviewer
     st = ReviewStore(tmp_path / "r.sqlite")
     s = open_session(st, abd, run2.findings, run2.package_hashes())
+    run2.encoded = encode_run_outputs(run2)  # as the Run AI worker does: the GUI thread only writes bytes
     save_ai_run(st, s, run2)
     s.decide("liver", "reject", "dr restore")
     remember_reviewer("dr restore")
@@ -341,6 +342,7 @@ def test_chest_ct_organs_outside_the_scan_are_not_assessed(data_dir, tmp_path):
     assert [c.as_dict() for c in StudySession(st2).open_study(abd).context] == [c.as_dict() for c in run2.context]
     assert remembered_reviewer() == "dr restore"
     labels_file = saved[ORG].folder / "labels.npz"
+    assert labels_file.read_bytes() == run2.encoded[ORG]["labels"]
     np.savez_compressed(labels_file, array=np.zeros_like(saved[ORG].arrays["labels"]))  # swapped on disk
     with pytest.raises(RunChanged, match="changed since it was saved"):
         load_last_run(st2, s.key)

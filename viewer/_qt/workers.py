@@ -145,6 +145,10 @@ def _run_models(volume, model_ids, thresholds, precision, threads):
     for mid, seg in run.segmentations.items():
         idx = [s.index for s in seg.stats if s.voxels and s.name != "body"]
         run.surface_meshes[mid] = yield from _surfaces(seg.labels, volume, idx, (mid, SegProgress("surfaces", 0, 1)))
+    if run.segmentations:  # the label maps compressed here, not when the GUI thread saves the run
+        from radreview.viewer.workflow import encode_run_outputs
+
+        run.encoded = encode_run_outputs(run)
     return run
 
 

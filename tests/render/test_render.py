@@ -113,6 +113,26 @@ def test_3d_presets_bone_vs_soft_tissue(data_dir):
     assert 0.02 < cover_a < cover_b  # the skin surface covers more than the skeleton
 
 
+def test_surfaces_of_this_volume_survive_its_lazy_3d_build(data_dir):
+    """A restored run's surfaces (made by a worker) can be added before the 3D view builds
+    the volume rendering of the same study: the build keeps them (and keeps the volume
+    rendering hidden under them); a build for another volume drops them."""
+    from radreview.viewer.render import VolumeScene
+
+    vol = open_volume(data_dir / "ct-abdomen-nifti/ct.nii.gz")
+    model = ViewerModel(vol)
+    scene = VolumeScene(model, max_dim=64)
+    tri = np.array([[0, 1, 2]])
+    pts = np.asarray(vol.center_lps(), float) + np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0]])
+    scene.add_surface(3, pts, tri, (255, 0, 0))
+    scene.set_volume(vol)
+    assert scene.surface_of(3) is not None and not scene.volume.GetVisibility()
+    other = open_volume(data_dir / "ct-abdomen-nifti/ct_30slices.nii.gz")
+    model.set_volume(other)
+    scene.set_volume(other)
+    assert scene.surface_of(3) is None and scene.volume.GetVisibility()
+
+
 def _line_positions(pixels):
     """Column and row indices where a green crosshair line runs (most green pixels)."""
     g = np.all(pixels == GREEN, axis=2)

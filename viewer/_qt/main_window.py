@@ -155,6 +155,11 @@ class MainWindow(QMainWindow):
         outer.setSpacing(0)
         self.banner = QLabel("")
         self.banner.setStyleSheet("background:#c62828; color:white; font-weight:bold; padding:4px;")
+        # its row is kept while hidden: the banner appearing after Run AI must not shrink every
+        # view (a re-layout re-paints and re-renders all of them in one turn, 3D included)
+        policy = self.banner.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.banner.setSizePolicy(policy)
         self.banner.setVisible(False)
         outer.addWidget(self.banner)
         views = QWidget(central)

@@ -67,6 +67,7 @@ PREFETCH_AHEAD = 2  # slices composed ahead of a scroll, in its direction, when 
 SLOW_RENDER_MS = 5.0  # a view rendering slower than this defers linked-crosshair renders
 SETTLE_MS = 120  # ... until the scroll in the other view pauses this long
 MAX_WAIT_MS = 500  # ... and at least this often while it goes on
+WARM_UP_DELAY_MS = 250  # the 3D view's volume mapper set-up runs this long after it is first shown
 
 
 class _Deferred:
@@ -141,12 +142,28 @@ class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
         # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
         self.GetRenderWindow().SetMultiSamples(0)
 
+    #: Qt's expose paints within this many ms of each other cost one render (a layout pass
+    #: that resizes the docks, e.g. when the AI tables fill, exposes the GL window several
+    #: times in a row; each was a full volume render, 20-45 ms on llvmpipe)
+    EXPOSE_COALESCE_MS = 30
+
     def render_now(self) -> None:
         if self.isVisible():
+            t = getattr(self, "_expose_timer", None)
+            if t is not None:
+                t.stop()
             self.GetRenderWindow().Render()
 
     def paintEvent(self, ev):  # noqa: N802 - Qt naming
-        self.GetRenderWindow().Render()
+        t = getattr(self, "_expose_timer", None)
+        if t is None:
+            self.GetRenderWindow().Render()  # the first paint: at once
+            t = self._expose_timer = QTimer(self)
+            t.setSingleShot(True)
+            t.setInterval(self.EXPOSE_COALESCE_MS)
+            t.timeout.connect(self.render_now)
+            return
+        t.start()
 
     def resizeEvent(self, ev):  # noqa: N802
         super().resizeEvent(ev)
@@ -574,6 +591,20 @@ class VolumeView(_VTKHost):
         super().showEvent(ev)
         if self._pending is not None:
             self._build_timer.start()
+        elif not self._warmed:  # after the window's first paints, not chained to them
+            QTimer.singleShot(WARM_UP_DELAY_MS, self._warm_up)
+
+    _warmed = False
+    warm_up_s = 0.0
+
+    def _warm_up(self) -> None:
+        """Once, while no study is shown yet: pay the volume mapper's one-off set-up with a
+        stand-in volume (:meth:`VolumeScene.warm_up`), so opening a study does not."""
+        if self._warmed or self.built or self._pending is not None or not self.isVisible():
+            return
+        self._warmed = True
+        self.scene.use_cpu_raycast(_software_gl(self.GetRenderWindow()))
+        self.warm_up_s = self.scene.warm_up(self.GetRenderWindow())
 
     def _build(self) -> None:
         if self._pending is None or not self.isVisible():

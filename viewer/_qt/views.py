@@ -127,9 +127,11 @@ class _Deferred:
         pass
 
     def _display_xy(self, pos) -> tuple[float, float]:
-        """VTK display coordinates (device pixels, origin bottom-left) of a widget position."""
+        """VTK display coordinates (device pixels, origin bottom-left) of a widget position:
+        the centre of the logical pixel, so on a high-DPI screen (ratio 2: a logical pixel is
+        2 x 2 device pixels) a click lands between its device pixels, not on the first one."""
         ratio = self.devicePixelRatioF()
-        return pos.x() * ratio, (self.height() - pos.y() - 1) * ratio
+        return (pos.x() + 0.5) * ratio - 0.5, (self.height() - pos.y() - 0.5) * ratio - 0.5
 
 
 class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
@@ -429,8 +431,8 @@ class SliceView(_RasterHost):
     def widget_pos_of(self, row: float, col: float) -> tuple[int, int]:
         """Widget position (logical pixels, origin top-left) of image ``(row, col)``."""
         x, y = self.scene.screen_to_display(row, col)
-        ratio = self.devicePixelRatioF()
-        return int(round(x / ratio)), int(round(self.height() - 1 - y / ratio))
+        ratio = self.devicePixelRatioF()  # the inverse of _display_xy
+        return int(round((x + 0.5) / ratio - 0.5)), int(round(self.height() - 0.5 - (y + 0.5) / ratio))
 
     def _set_cursor_at(self, pos) -> None:
         row, col = self.screen_point(pos)
@@ -473,7 +475,8 @@ class SliceView(_RasterHost):
             self.model.set_window(c0 - dy * k, max(1.0, w0 + dx * k), preset="")
         elif button == Qt.MiddleButton:
             prev = self._drag[1]
-            self.scene.pan(pos.x() - prev.x(), -(pos.y() - prev.y()))
+            ratio = self.devicePixelRatioF()  # the scene pans by device pixels
+            self.scene.pan((pos.x() - prev.x()) * ratio, -(pos.y() - prev.y()) * ratio)
             self._drag = (button, pos, self._drag[2])
             self.render_now()
 

@@ -17,9 +17,10 @@ A tool is any object with ``press``, ``move`` and ``release`` methods, each call
 slice, ``index_zyx`` the continuous voxel index ``(z, y, x)`` (float ``np.ndarray`` ``(3,)``;
 ``np.rint(...).astype(int)`` for the voxel) and ``event`` the ``QMouseEvent``. ``move`` is
 called while the left button is held. Optional methods: ``hover(view, lps, index_zyx, event)``
-(mouse moves without a button), ``draw(view)`` (called after every re-render of the slice, to
-update the tool's own VTK actors in ``view.scene.renderer``: poly-data lines or polygons and
-text actors, which :mod:`.scene_painter` paints) and ``deactivate(view)`` (the tool
+(mouse moves without a button), ``draw(view)`` (called at the start of every paint of the
+view, whoever asked for it, to update the tool's own VTK actors in ``view.scene.renderer``:
+poly-data lines or polygons and text actors, which :mod:`.scene_painter` paints; it must not
+render or repaint anything itself) and ``deactivate(view)`` (the tool
 was replaced or cleared). A tool calls ``view.request_redraw()`` after changing its actors.
 
 Frame time while scrolling

@@ -340,11 +340,15 @@ def test_chest_ct_after_run_ai_readable_findings_markers_body_outline(qtbot, dat
         rgb = px[int(round(px.shape[0] - 1 - y)), int(round(x))].astype(int)
         grey += int(rgb.max() - rgb.min() <= 3)
     assert grey >= 95  # a few may fall under markers, text or rulers
+    shown = dict(m.overlays["ai-segmentation"].visible)
+    assert not all(shown.values())  # liver, spleen, kidneys cannot be in this chest CT: hidden
     win.close()
-    # reopened: the AI panel lists and draws the same findings, numbered the same
+    # reopened: the AI panel lists and draws the same findings, numbered the same, and the
+    # labels that cannot be in this scan stay hidden
     win2 = open_window(qtbot, data_dir / "ct-chest-tumor" / "series_B70f")
     ai2 = win2.ai_panel
     qtbot.waitUntil(lambda: ai2.findings_table.rowCount() == len(listed), timeout=30000)
+    assert dict(win2.model.overlays["ai-segmentation"].visible) == shown
     assert [ai2.findings_table.item(r, 0).text() for r in range(len(listed))] == rows
     ov2 = win2.model.overlays["ai-candidates"]
     assert [(mk.number, mk.flagged, mk.name) for mk in ov2.markers] == [(mk.number, mk.flagged, mk.name) for mk in ov.markers]

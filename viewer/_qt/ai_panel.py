@@ -27,6 +27,15 @@ __all__ = ["AIPanel"]
 OVERLAY_NAME = "ai-segmentation"
 
 
+def not_assessed_labels(findings, context=()) -> set[str]:
+    """Names of the segmentation labels that cannot be in this scan (``review.plausibility``:
+    outside the scan's body-region coverage or below the card's minimum volume) among a run's
+    ``findings`` and context structures (e.g. table foam segmented as "lungs"): not drawn by
+    default, after Run AI and when the run is restored on reopen."""
+    hidden = {f.name for f in findings if f.kind == "segmentation" and getattr(f, "not_assessed", None)}
+    return hidden | {c.name for c in context if getattr(c, "not_assessed", None)}
+
+
 class AIPanel(QWidget):
     """Emits ``result_ready(SegmentationResult)``, ``run_failed(str)``, ``run_cancelled()``."""
 
@@ -278,8 +287,7 @@ class AIPanel(QWidget):
             learn(mid, r.seconds, getattr(r, "stage_seconds", {}))
         flagged = {f.name for f in run.findings if f.needs_review and f.kind == "segmentation"}
         # a label that cannot be in this scan (review.plausibility) is not a finding: not drawn by default
-        hidden = {f.name for f in run.findings if f.kind == "segmentation" and getattr(f, "not_assessed", None)}
-        hidden |= {c.name for c in getattr(run, "context", []) if c.not_assessed}  # e.g. table-foam "lungs"
+        hidden = not_assessed_labels(run.findings, getattr(run, "context", []))
         secs = sum(r.seconds for r in [*segs, *run.classifications.values()])
         text = (f"{', '.join(run.packages)} ({self.precision_box.currentText()}): {secs:.1f} s"
                 + (f" — refused: {'; '.join(run.refused.values())}" if run.refused else ""))

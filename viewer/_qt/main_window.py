@@ -228,19 +228,25 @@ class MainWindow(QMainWindow):
         self.banner.setVisible(n > 0)
 
     def _run_restored(self, saved: dict) -> None:
-        """Reopened study: draw its last run's label map again, then (next event-loop turn, so
+        """Reopened study: draw its last run's label map again (not-assessed labels hidden, as
+        after the run), then (next event-loop turn, so
         the two do not add up to one stall) list and draw its candidate findings (nodules)
         from the restored findings in the AI panel, numbered as when the run was made."""
         from PySide6.QtCore import QTimer
 
         from ..workflow import segmentation_from_saved
 
+        from .ai_panel import not_assessed_labels
+
         vol = self.model.volume
         for run in saved.values():
             seg = segmentation_from_saved(run)
             if seg is not None and vol is not None and seg.labels.shape == vol.array.shape:
-                flagged = {f.name for f in self.review_panel.findings() if f.needs_review and f.model_id == seg.model_id}
-                self.ai_panel.show_result(seg, flagged)
+                mine = [f for f in self.review_panel.findings() if f.model_id == seg.model_id]
+                flagged = {f.name for f in mine if f.needs_review}
+                context = [c for c in (self.review_panel.study.context if self.review_panel.study else []) if c.model_id == seg.model_id]
+                # labels that cannot be in this scan stay hidden, as after the run itself
+                self.ai_panel.show_result(seg, flagged, not_assessed_labels(mine, context))
                 break
         candidates = [f for f in self.review_panel.findings() if f.kind == "candidate"]
         if candidates and vol is not None:

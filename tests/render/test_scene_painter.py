@@ -165,7 +165,32 @@ def test_props_painted_only_in_part_are_reported(window, qtbot):
     img.SetDimensions(2, 2, 1)
     img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
     image.GetMapper().SetInputData(img)
-    props = [actor(strips.GetOutput()), actor(verts), actor(coloured), bar, image]
+    square = vtk.vtkPlaneSource()
+    square.Update()
+    edged = actor(square.GetOutput())
+    edged.GetProperty().EdgeVisibilityOn()
+    lit = actor(square.GetOutput())  # lighting on by default: VTK shades it, the painter fills it flat
+    field = vtk.vtkPolyData()
+    field.DeepCopy(line.GetOutput())
+    arr = numpy_support.numpy_to_vtk(np.array([0.0, 1.0]))
+    arr.SetName("v")
+    field.GetPointData().AddArray(arr)
+    by_field = actor(field)
+    by_field.GetMapper().SetScalarModeToUsePointFieldData()
+    by_field.GetMapper().SelectColorArray("v")
+    before = vtk.vtkScalarBarActor()
+    before.SetTextPositionToPrecedeScalarBar()
+    turned, framed = vtk.vtkTextActor(), vtk.vtkTextActor()
+    turned.SetInput("x")
+    turned.SetOrientation(90)
+    framed.SetInput("x")
+    framed.GetTextProperty().SetFrame(1)
+    scaled = vtk.vtkImageActor()
+    scaled.GetMapper().SetInputData(img)
+    scaled.GetMapper().BorderOn()
+    scaled.SetScale(2, 1, 1)
+    props = [actor(strips.GetOutput()), actor(verts), actor(coloured), bar, image, edged, lit, by_field, before,
+             turned, framed, scaled]
     for p in props:
         ren.AddViewProp(p)
     try:
@@ -173,8 +198,17 @@ def test_props_painted_only_in_part_are_reported(window, qtbot):
     finally:
         for p in props:
             ren.RemoveViewProp(p)
-    reasons = ["triangle strips", "vertices", "colour from scalars", "horizontal", "border off"]
+    reasons = ["triangle strips", "vertices", "colour from scalars", "horizontal", "border off", "polygon edges",
+               "lit polygons", "field array", "labels before the bar", "rotated text", "text frame", "rotated or scaled image"]
     assert len(got) == len(reasons) and all(r in g for r, g in zip(reasons, got)), got
+    ren.GradientBackgroundOn()
+    ren.SetViewport(0.0, 0.0, 0.5, 1.0)
+    try:
+        got = unpainted(ren)
+    finally:
+        ren.GradientBackgroundOff()
+        ren.SetViewport(0.0, 0.0, 1.0, 1.0)
+    assert len(got) == 2 and "background" in got[0] and "viewport" in got[1], got
 
 
 def _image_rows(px: np.ndarray, col: int) -> tuple[int, int]:

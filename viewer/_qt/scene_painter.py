@@ -81,13 +81,21 @@ def unpainted(renderer) -> list[str]:
     its class name, followed by the reason in brackets where the prop type is painted but
     this use of it is not (``"vtkOpenGLActor (triangle strips)"``). Not drawn: prop types
     outside the list in the module docstring; poly-data vertices and triangle strips; colour
-    from scalars (a mapper with scalar visibility on and point or cell scalars to colour
-    by); the points representation; textures; a non-poly-data mapper; a horizontal scalar
-    bar; an image actor whose own image is not RGB unsigned char (unless the view gives its
+    from scalars or a field array (a mapper with scalar visibility on and data to colour
+    by); the points representation; polygon edges; lit filled polygons (painted flat);
+    textures; a non-poly-data mapper; a horizontal scalar bar, or labels before the bar;
+    rotated, framed or scaled text; a rotated, scaled or cropped (display extent) image; a
+    gradient or textured background; a renderer viewport other than the whole view (the
+    painter fills the view with each renderer it is given); an image actor whose own image is not RGB unsigned char (unless the view gives its
     picture, as every ``SliceView`` does for its slice), or whose mapper has its half-pixel
     border off (VTK then draws the first and last rows and columns half size; the painter,
     like every viewer, draws each pixel whole)."""
     out = []
+    if renderer.GetGradientBackground() or renderer.GetTexturedBackground():
+        out.append(f"{renderer.GetClassName()} (gradient or textured background)")
+    vp = tuple(renderer.GetViewport())
+    if vp != (0.0, 0.0, 1.0, 1.0):
+        out.append(f"{renderer.GetClassName()} (viewport {vp}: the painter fills the whole view)")
     for p in _props(renderer):
         if not p.GetVisibility():
             continue
@@ -118,21 +126,51 @@ def _unpainted_use(p, name: str) -> str:
             return "triangle strips"
         if poly.GetVerts() is not None and poly.GetVerts().GetNumberOfCells():
             return "vertices"
-        if mapper.GetScalarVisibility() and (poly.GetPointData().GetScalars() is not None or poly.GetCellData().GetScalars() is not None):
-            return "colour from scalars"
-        if p.GetProperty() is not None and p.GetProperty().GetRepresentation() == 0:
-            return "points representation"
+        if mapper.GetScalarVisibility():
+            pd, cd = poly.GetPointData(), poly.GetCellData()
+            if pd.GetScalars() is not None or cd.GetScalars() is not None:
+                return "colour from scalars"
+            if mapper.GetScalarMode() in (3, 4, 5) and (pd.GetNumberOfArrays() or cd.GetNumberOfArrays()):
+                return "colour from a field array"  # VTK_SCALAR_MODE_USE_{POINT,CELL,FIELD}_DATA
+        prop = p.GetProperty()
+        if prop is not None:
+            if prop.GetRepresentation() == 0:
+                return "points representation"
+            has_polys = poly.GetPolys() is not None and poly.GetPolys().GetNumberOfCells() > 0
+            if has_polys and prop.GetEdgeVisibility():
+                return "polygon edges"
+            if has_polys and prop.GetLighting() and prop.GetRepresentation() == 2:
+                return "lit polygons"  # the painter fills them flat, in the property's colour
         if p.GetTexture() is not None:
             return "texture"
         return ""
     if "ScalarBar" in name:
-        return "horizontal" if p.GetOrientation() == 0 else ""
+        if p.GetOrientation() == 0:
+            return "horizontal"
+        if p.GetTextPosition() == 0:  # vtkScalarBarActor::PrecedeScalarBar
+            return "labels before the bar"
+        return ""
+    if "TextActor" in name:
+        tp = p.GetTextProperty()
+        if p.GetOrientation() != 0 or (tp is not None and tp.GetOrientation() != 0):
+            return "rotated text"
+        if tp is not None and tp.GetFrame():
+            return "text frame"
+        if p.GetTextScaleMode() != 0:  # vtkTextActor::TEXT_SCALE_MODE_NONE
+            return "scaled text"
+        return ""
     if name.endswith("ImageActor"):
         img = p.GetMapper().GetInput() if p.GetMapper() is not None else p.GetInput()
         if img is None or img.GetNumberOfPoints() == 0:
             return ""
         if p.GetMapper() is not None and not p.GetMapper().GetBorder():
             return "border off: VTK draws the edge pixels half size"
+        if p.GetOrientation() != (0.0, 0.0, 0.0) or p.GetScale() != (1.0, 1.0, 1.0) or \
+                (p.GetUserMatrix() is not None and not p.GetUserMatrix().IsIdentity()):
+            return "rotated or scaled image"
+        ext, whole = tuple(p.GetDisplayExtent()), tuple(img.GetExtent())
+        if ext[0] <= ext[1] and ext[:4] != whole[:4]:  # a display extent other than the whole slice
+            return "display extent"
         sc = img.GetPointData().GetScalars()
         if sc is None or sc.GetNumberOfComponents() != 3 or sc.GetDataType() != 3:  # VTK_UNSIGNED_CHAR
             return "image not RGB unsigned char"

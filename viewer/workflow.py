@@ -180,8 +180,8 @@ def encode_run_outputs(run: AIRun) -> dict[str, dict[str, bytes]]:
 def save_ai_run(store: ReviewStore, session: ReviewSession, run: AIRun, actor: str = "radreview") -> None:
     """Persist a run so reopening the study restores it: the findings (table ``findings``) and
     each model's outputs (:func:`radreview.review.runs.save_run`: the label map ``(z, y, x)``
-    uint8/uint16, from ``run.encoded`` when the worker encoded it, with the per-label stats and the context structures (``"context"``), or the
-    candidate list), with their SHA-256."""
+    uint8/uint16, from ``run.encoded`` when the worker encoded it, with the per-label stats
+    and the context structures (``"context"``), or the candidate list), with their SHA-256."""
     store.save_findings(session.key, [f.as_dict() for f in run.findings], actor)
     for mid, pkg in run.packages.items():
         version, sha = pkg.meta["version"], package_hash(pkg)

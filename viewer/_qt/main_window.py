@@ -229,13 +229,12 @@ class MainWindow(QMainWindow):
 
     def _run_restored(self, saved: dict) -> None:
         """Reopened study: draw its last run's label map again (not-assessed labels hidden, as
-        after the run), then (next event-loop turn, so
-        the two do not add up to one stall) list and draw its candidate findings (nodules)
-        from the restored findings in the AI panel, numbered as when the run was made."""
+        after the run), then, on the next event-loop turn (so the two do not add up to one
+        stall), list and draw its candidate findings (nodules) from the restored findings in
+        the AI panel, numbered as when the run was made."""
         from PySide6.QtCore import QTimer
 
         from ..workflow import segmentation_from_saved
-
         from .ai_panel import not_assessed_labels
 
         vol = self.model.volume

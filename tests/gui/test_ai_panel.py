@@ -140,7 +140,7 @@ def test_only_listed_findings_are_drawn_numbered_with_legend(window, qtbot):
     # a heatmap under the markers: they must stay visible above it
     heat = np.ones(vol.array.shape, np.float32)
     window.model.set_overlay("explanation", HeatmapOverlay(heat, opacity=1.0))
-    panel._show_candidates(panel.run_result)
+    panel.show_candidates(panel.run_result.findings)
     ov = window.model.overlays["ai-candidates"]
     assert [m.number for m in ov.markers] == [1, 2, 3]  # 3 listed, not 151
     assert [m.flagged for m in ov.markers] == [False, True, False]

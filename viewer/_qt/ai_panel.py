@@ -295,7 +295,7 @@ class AIPanel(QWidget):
         # all of them at once; result_ready is emitted when everything is shown
         steps = [lambda: self.review_panel.set_run(run) if self.review_panel is not None else None,
                  lambda: self.show_result(segs[0], flagged, hidden) if segs else None,
-                 lambda: self._show_candidates(run),
+                 lambda: self.show_candidates(run.findings),
                  lambda: (self.eta.setText(text), self.result_ready.emit(run))]
         self.drawing = True
         self._draw_steps(run, vol, steps)
@@ -320,9 +320,6 @@ class AIPanel(QWidget):
             if st.name == "lungs" and st.voxels:
                 return self.result.labels == st.index
         return None
-
-    def _show_candidates(self, run) -> None:
-        self.show_candidates(run.findings)
 
     def show_candidates(self, findings) -> None:
         """List the candidate findings among ``findings`` (a run's, or those restored from the

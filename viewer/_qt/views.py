@@ -144,6 +144,11 @@ class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
         self.setFocusPolicy(Qt.StrongFocus)
         # no multisampling: 1-px crosshair lines stay crisp (and exactly coloured for tests)
         self.GetRenderWindow().SetMultiSamples(0)
+        self._painted = False
+        self._expose_timer = QTimer(self)
+        self._expose_timer.setSingleShot(True)
+        self._expose_timer.setInterval(self.EXPOSE_COALESCE_MS)
+        self._expose_timer.timeout.connect(self.render_now)
 
     #: Qt's expose paints within this many ms of each other cost one render (a layout pass
     #: that resizes the docks, e.g. when the AI tables fill, exposes the GL window several
@@ -152,21 +157,15 @@ class _VTKHost(_Deferred, QVTKRenderWindowInteractor):
 
     def render_now(self) -> None:
         if self.isVisible():
-            t = getattr(self, "_expose_timer", None)
-            if t is not None:
-                t.stop()
+            self._expose_timer.stop()
             self.GetRenderWindow().Render()
 
     def paintEvent(self, ev):  # noqa: N802 - Qt naming
-        t = getattr(self, "_expose_timer", None)
-        if t is None:
-            self.GetRenderWindow().Render()  # the first paint: at once
-            t = self._expose_timer = QTimer(self)
-            t.setSingleShot(True)
-            t.setInterval(self.EXPOSE_COALESCE_MS)
-            t.timeout.connect(self.render_now)
+        if self._painted:
+            self._expose_timer.start()
             return
-        t.start()
+        self._painted = True  # the first paint: at once
+        self.GetRenderWindow().Render()
 
     def resizeEvent(self, ev):  # noqa: N802
         super().resizeEvent(ev)

@@ -168,7 +168,7 @@ def test_only_listed_findings_are_drawn_numbered_with_legend(window, qtbot):
 
 
 def test_run_ai_body_outline_surfaces_overall_progress(window, qtbot):
-    """Body drawn as an outline only by default; 3D surfaces arrive from the worker; one
+    """Body and lungs drawn as outlines only by default; 3D surfaces arrive from the worker; one
     progress bar with an ETA for the whole run."""
     panel = window.ai_panel
     values, texts = [], []
@@ -186,7 +186,8 @@ def test_run_ai_body_outline_surfaces_overall_progress(window, qtbot):
     assert values == sorted(values) and max(values) >= 900  # one bar, never going back
     assert any("for the whole run" in t for t in texts)
     body = next(s for s in panel.result.stats if s.name == "body")
-    assert panel.overlay.outline_only == {body.index}
+    lungs = next(s for s in panel.result.stats if s.name == "lungs")
+    assert panel.overlay.outline_only == {body.index, lungs.index}
     k = window.model.slice_index("axial")
     mapping = window.model.mappings["axial"]
     lab = mapping.extract(panel.result.labels, k)

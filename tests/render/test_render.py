@@ -297,8 +297,8 @@ def test_vtk_image_keeps_lps_geometry(data_dir):
 def test_chest_ct_after_run_ai_readable_findings_markers_body_outline(qtbot, data_dir):
     """The real chest CT (lung adenocarcinoma) after Run AI with every model that fits, default
     2x2 layout: readable finding rows, one numbered marker per listed finding (not per raw
-    candidate), body drawn as an outline (the patient is not tinted). The screenshot is kept as
-    ``test-artifacts/viewer_after_run_ai.png`` for a person to look at."""
+    candidate), body and lungs drawn as outlines (neither the patient nor the lungs tinted). The
+    screenshot is kept as ``test-artifacts/viewer_after_run_ai.png`` for a person to look at."""
     from tests.qt_fixtures import open_window
     from radreview.viewer._qt.views import grab_pixels
     from radreview.viewer.overlay import outline
@@ -327,19 +327,21 @@ def test_chest_ct_after_run_ai_readable_findings_markers_body_outline(qtbot, dat
     k = m.slice_index("axial")
     mapping = m.mappings["axial"]
     lab = mapping.extract(ai.result.labels, k)
-    body = next(s.index for s in ai.result.stats if s.name == "body")
-    inner = (lab == body) & ~outline(lab)
-    # body-only pixels far from any marker and the crosshair: shown grey (not tinted)
-    rr, cc = np.nonzero(inner)
     r0, c0 = m.cursor_on_screen("axial")
-    far = (np.abs(rr - r0) > 40) & (np.abs(cc - c0) > 40)
-    pick = np.random.default_rng(0).choice(np.flatnonzero(far), 100, replace=False)
-    grey = 0
-    for i in pick:
-        x, y = view.scene.screen_to_display(rr[i], cc[i])
-        rgb = px[int(round(px.shape[0] - 1 - y)), int(round(x))].astype(int)
-        grey += int(rgb.max() - rgb.min() <= 3)
-    assert grey >= 95  # a few may fall under markers, text or rulers
+    for name in ("body", "lungs"):
+        # body-only and lung pixels far from any marker and the crosshair: shown grey (outlined,
+        # not tinted: a lung fill would hide the vessels and nodules under it)
+        idx = next(s.index for s in ai.result.stats if s.name == name)
+        inner = (lab == idx) & ~outline(lab)
+        rr, cc = np.nonzero(inner)
+        far = (np.abs(rr - r0) > 40) & (np.abs(cc - c0) > 40)
+        pick = np.random.default_rng(0).choice(np.flatnonzero(far), 100, replace=False)
+        grey = 0
+        for i in pick:
+            x, y = view.scene.screen_to_display(rr[i], cc[i])
+            rgb = px[int(round(px.shape[0] - 1 - y)), int(round(x))].astype(int)
+            grey += int(rgb.max() - rgb.min() <= 3)
+        assert grey >= 95, (name, grey)  # a few may fall under markers, text or rulers
     shown = dict(m.overlays["ai-segmentation"].visible)
     assert not all(shown.values())  # liver, spleen, kidneys cannot be in this chest CT: hidden
     win.close()

@@ -25,6 +25,9 @@ from .workers import run_ai_worker
 __all__ = ["AIPanel"]
 
 OVERLAY_NAME = "ai-segmentation"
+#: labels drawn as an outline only: a fill over the whole body tints the patient, and one over the
+#: lungs hides the vessels and nodules the reader is looking for
+OUTLINE_ONLY = frozenset({"body", "lungs"})
 
 
 def not_assessed_labels(findings, context=()) -> set[str]:
@@ -361,13 +364,14 @@ class AIPanel(QWidget):
     # ------------------------------------------------------------------ display
     def show_result(self, result, flagged_names=(), hidden_names=()) -> None:
         """Draw a segmentation: every label in the table; labels in ``hidden_names`` (not assessed:
-        they cannot be in this scan) start unchecked, so neither their fill nor their surface shows."""
+        they cannot be in this scan) start unchecked, so neither their fill nor their surface shows;
+        labels in :data:`OUTLINE_ONLY` (body, lungs) are outlined, never filled."""
         self.result = result
         colors = {s.index: s.color for s in result.stats}
         names = {s.index: s.name for s in result.stats}
         self.overlay = LabelOverlay(result.labels, colors, names, opacity=self.opacity.value() / 100,
                                     mode="outline" if self.outline.isChecked() else "fill",
-                                    outline_only={s.index for s in result.stats if s.name == "body"},
+                                    outline_only={s.index for s in result.stats if s.name in OUTLINE_ONLY},
                                     flagged={s.index for s in result.stats if s.name in set(flagged_names)})
         hidden = {s.index for s in result.stats if s.name in set(hidden_names)}
         for idx in hidden:

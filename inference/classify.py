@@ -45,9 +45,12 @@ from .package import ModelPackage, PackageError
 from .segment import SegProgress, make_session, normalize, to_model_grid
 
 __all__ = ["Candidate", "ClassificationResult", "iter_classify", "classify", "detect_candidates", "extract_views",
-           "axial_diameters", "axial_axes", "lung_rads_category", "SIZE_THRESHOLD_MM", "NODULE_TYPES", "size_gate"]
+           "axial_diameters", "axial_axes", "fwhm_axes", "lung_rads_category", "mean_diameter_mm", "study_lung_rads",
+           "LUNG_RADS_ORDER", "SIZE_THRESHOLD_MM", "SOLID_COMPONENT_HU", "NODULE_TYPES", "size_gate"]
 
 SIZE_THRESHOLD_MM = 6.0
+#: HU above which a part-solid candidate's voxel counts as its solid component (heuristic)
+SOLID_COMPONENT_HU = -300.0
 #: Order of the type head's outputs.
 NODULE_TYPES = ("solid", "part-solid", "ground glass")
 DEFAULT_CANDIDATES = {"hu_threshold": -600.0, "open_mm": [1.0, 2.0, 3.0], "min_diameter_mm": 3.0,
@@ -66,8 +69,10 @@ class Candidate:
 
     ``probability``: calibrated P(solid or part-solid nodule >= 6 mm); ``confidence``: the
     same probability (0.1 kept a separate "nodule at all" probability here; the review derives
-    its confidence as ``max(p, 1 - p)``); ``raw_max``: the uncalibrated logit margin; ``center_lps`` (x, y, z) mm; ``long_axis_mm``/``short_axis_mm`` on the
-    axial image (``size_mm`` = long axis, the name of 0.1); ``volume_ml``; ``nodule_type``
+    its confidence as ``max(p, 1 - p)``); ``raw_max``: the uncalibrated logit margin;
+    ``center_lps`` (x, y, z) mm; ``voxels``: the screen mask's voxels (1 mm grid);
+    ``long_axis_mm``/``short_axis_mm`` on the axial image at half maximum (:func:`fwhm_axes`;
+    ``size_mm`` = long axis, the name of 0.1); ``volume_ml`` at half maximum; ``nodule_type``
     (solid / part-solid / ground glass, argmax of the type head) with ``type_probabilities``;
     ``lung_rads`` ``{"category", "rule"}``; ``label`` its value in
     ``ClassificationResult.components`` (a sub-candidate, the thick spot of a big component, is not
@@ -147,16 +152,23 @@ def detect_candidates(hu: np.ndarray, spacing_xyz, lungs: np.ndarray, params: di
     lungs : numpy.ndarray
         ``(z, y, x)`` bool lung mask (closed).
     params : dict
-        ``hu_threshold``, ``open_mm``, ``min_diameter_mm``, ``max_diameter_mm``,
+        ``hu_threshold`` (HU; -600 keeps solid and part-solid tissue and the denser half of a
+        partial-volume edge, not faint ground glass: a screen setting of this project, not a
+        published constant), ``open_mm`` (ball radii of the successive openings, mm),
+        ``min_diameter_mm``, ``split_diameter_mm`` (components larger than this after an
+        opening that is not the last are opened again), ``max_diameter_mm``,
         ``max_candidates``, ``blob_split_mm``, ``blob_radius_mm`` (defaults
         :data:`DEFAULT_CANDIDATES`).
 
     Returns
     -------
     (labels, comps) : numpy.ndarray, list of dict
-        ``labels`` ``(z, y, x)`` uint8 (0 = none, ``k`` = ``comps[k-1]``); each comp has
-        ``centroid_zyx`` (continuous index), ``voxels``, ``eq_diameter_mm``, ``bbox`` (z0, y0,
-        x0, z1, y1, x1, exclusive ends).
+        ``labels`` ``(z, y, x)`` uint8 (0 = none, ``k`` = ``comps[k-1]``; a thick-spot candidate
+        has its own mask but no label here); each comp has ``centroid_zyx`` (continuous
+        index), ``voxels``, ``eq_diameter_mm``, ``bbox`` (z0, y0, x0, z1, y1, x1, exclusive
+        ends, full-array indices) and ``mask`` (bool, the shape of ``bbox``: the candidate's
+        voxels inside its box). A thick spot of a large component and that component can both
+        be candidates, a few mm apart (counted as two in the card's FROC).
     """
     p = dict(DEFAULT_CANDIDATES, **(params or {}))
     sp = np.asarray(spacing_xyz, float)
@@ -339,20 +351,180 @@ def axial_axes(mask: np.ndarray, spacing_xyz):
     return (idx(a), idx(b)), (idx(sa), idx(sb))
 
 
+def _round_half_up(v: float, ndigits: int = 1) -> float:
+    """``v`` rounded half up to ``ndigits`` decimals, a binary-float hair below the half counted as
+    the half (``5.949999999999999`` -> 6.0, as 5.95 is)."""
+    q = 10.0 ** ndigits
+    return float(np.floor(float(v) * q + 0.5 + 1e-6) / q)
+
+
+def mean_diameter_mm(long_mm: float, short_mm: float) -> float:
+    """Lung-RADS v2022 mean diameter (mm): ``(long + short) / 2`` of the axial long and short
+    axis, rounded half up to 0.1 mm, so 5.95 mm is 6.0 mm (category 3 when solid) however the
+    two axes sum in binary floating point."""
+    return _round_half_up((float(long_mm) + float(short_mm)) / 2, 1)
+
+
+#: Lung-RADS categories from least to most suspicious (the exam takes the most suspicious nodule)
+LUNG_RADS_ORDER = ("1", "2", "3", "4A", "4B")
+
+
+def study_lung_rads(candidates, threshold: float) -> dict:
+    """The study's suggested Lung-RADS v2022 size category from its candidates.
+
+    The exam category is that of the most suspicious nodule (ACR Lung-RADS v2022 categorises
+    an exam by its most suspicious finding, not its largest): among candidates
+    with ``probability >= threshold``, the highest size category (ties: the higher
+    probability). ``candidates`` are :class:`Candidate` with their ``lung_rads`` dict. Returns
+    the category dict with ``candidate_rank``; category 1 with its rule when none qualifies.
+    """
+    above = [c for c in candidates if c.probability >= threshold and c.lung_rads]
+    if not above:
+        return {"category": "1", "rule": f"Lung-RADS v2022: no candidate at probability >= {threshold} (size category 1, "
+                                         "negative; calcified or sub-threshold nodules are not reported)"}
+    top = max(above, key=lambda c: (LUNG_RADS_ORDER.index(c.lung_rads["category"]), c.probability))
+    return dict(top.lung_rads, candidate_rank=top.rank,
+                rule=top.lung_rads["rule"] + f"; candidate {top.rank}, the most suspicious of {len(above)} at p >= {threshold}")
+
+
+def _caliper(pts: np.ndarray, half: np.ndarray, u: np.ndarray):
+    """Widths ``(180,)`` of 2-D points ``pts`` (mm) along the unit directions ``u`` ``(180, 2)``,
+    each point a pixel whose half extent along ``u`` is ``half`` ``(180,)`` (edge to edge)."""
+    proj = pts @ u.T
+    return proj.max(axis=0) - proj.min(axis=0) + 2 * half, proj
+
+
+def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int = 4, lung_hu: float = -850.0):
+    """Sub-voxel long and short axis (mm) of a candidate on its axial images, and its volume
+    (voxels), at half maximum.
+
+    The candidate mask of the screen (voxels above -600 HU) takes in the partial-volume rim of a
+    solid nodule, and a caliper on 1 mm pixels adds up to a pixel: both read small nodules large.
+    Here each axial slice of the candidate is resampled ``factor`` times finer in-plane
+    (bilinear) and cut at half maximum between the candidate's own density (90th percentile of
+    its voxels) and the lung around it (25th percentile of the box outside the mask, clipped to
+    -950..-700 HU; ``lung_hu`` when there is none), so a blurred edge is measured at its
+    middle (full width at half maximum). Only pixels within one voxel of the mask count, so touching
+    vessels stay out. Long axis: the maximum Feret diameter (180 directions, 1 degree apart,
+    edge to edge on the fine grid) over all axial slices; short axis: the width perpendicular
+    to it on the same slice (Lung-RADS v2022 measures both on the same axial image). Volume:
+    the voxels at or above half maximum within one voxel (in-plane) of the mask.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(z, y, x)`` HU of the model grid.
+    bbox : tuple of 6 ints
+        The candidate's ``(z0, y0, x0, z1, y1, x1)`` in ``hu`` (exclusive ends).
+    mask : numpy.ndarray
+        ``(z1 - z0, y1 - y0, x1 - x0)`` bool, the candidate's voxels.
+    spacing_xyz : sequence of 3 floats
+        Voxel spacing (mm).
+
+    Returns
+    -------
+    (long_mm, short_mm, ends, voxels) : float, float, tuple or None, int
+        ``ends`` = ``((long_a, long_b), (short_a, short_b))`` as continuous voxel indices
+        ``(i, j, k)`` of ``hu``; the short axis through the slice's centroid. ``voxels``: the
+        count at half maximum (the mask's own count when none reaches it). ``(0, 0, None, 0)``
+        for an empty mask; a slice where nothing reaches half maximum falls back to the mask.
+    """
+    from scipy.ndimage import binary_dilation, binary_erosion, map_coordinates
+    from scipy.spatial import ConvexHull, QhullError
+
+    sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in bbox)
+    if not mask.any():
+        return 0.0, 0.0, None, 0
+    pad = 2
+    ya, yb = max(y0 - pad, 0), min(y1 + pad, hu.shape[1])
+    xa, xb = max(x0 - pad, 0), min(x1 + pad, hu.shape[2])
+    box = hu[z0:z1, ya:yb, xa:xb].astype(np.float32)
+    m = np.zeros(box.shape, bool)
+    m[:, y0 - ya:y0 - ya + mask.shape[1], x0 - xa:x0 - xa + mask.shape[2]] = mask
+    near = binary_dilation(m, structure=np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                  [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], bool), iterations=1)
+    peak = float(np.percentile(box[m], 90))
+    out = box[~binary_dilation(near, iterations=1)]
+    bg = float(np.clip(np.percentile(out, 25), -950.0, -700.0)) if out.size else float(lung_hu)
+    level = (peak + bg) / 2
+    voxels = int(((box >= level) & near).sum()) or int(m.sum())
+    f = int(factor)
+    th = np.deg2rad(np.arange(180.0))
+    u = np.stack([np.cos(th), np.sin(th)], axis=1)
+    half = 0.5 * np.sqrt((u[:, 0] * sx / f) ** 2 + (u[:, 1] * sy / f) ** 2)
+    best: tuple | None = None  # (long, short, slice, hull points, projections, direction, fine mask)
+    hh, ww = box.shape[1:]
+    fy = (np.arange(hh * f) + 0.5) / f - 0.5  # fine pixel centres in coarse index units
+    fx = (np.arange(ww * f) + 0.5) / f - 0.5
+    gy, gx = np.meshgrid(fy, fx, indexing="ij")
+    ny = np.clip(np.rint(gy).astype(int), 0, hh - 1)
+    nx = np.clip(np.rint(gx).astype(int), 0, ww - 1)
+    ks = np.flatnonzero(m.any(axis=(1, 2)))
+    if len(ks) > 2:  # the fine caliper on the two slices widest on the coarse mask (cost: 200 candidates a scan)
+        coarse = []
+        for k in ks:
+            yy, xx = np.nonzero(m[k])
+            w, _ = _caliper(np.stack([xx * sx, yy * sy], axis=1), half * f, u)
+            coarse.append(w.max())
+        ks = ks[np.argsort(coarse)[-2:]]
+    for k in ks:
+        fine = map_coordinates(box[k], [gy, gx], order=1, mode="nearest")
+        fm = (fine >= level) & near[k][ny, nx]
+        if not fm.any():
+            fm = m[k][ny, nx]  # nothing reaches half maximum here: the mask itself
+        edge = fm & ~binary_erosion(fm)
+        ey, ex = np.nonzero(edge)
+        pts = np.stack([fx[ex] * sx, fy[ey] * sy], axis=1)
+        if len(pts) > 8:  # Feret diameters are those of the convex hull
+            try:
+                pts = pts[ConvexHull(pts).vertices]
+            except QhullError:  # collinear points: keep them all
+                pass
+        width, proj = _caliper(pts, half, u)
+        i = int(np.argmax(width))
+        if best is None or width[i] > best[0]:
+            best = (float(width[i]), float(width[(i + 90) % 180]), int(k), pts, proj, i, fm)
+    assert best is not None  # the mask has at least one slice
+    long_mm, short_mm, kb, pts, proj, i, fm = best
+    ua, va = u[i], u[(i + 90) % 180]
+    hu_, hv = float(half[i]), float(half[(i + 90) % 180])
+    a, b = pts[int(np.argmin(proj[:, i]))] - hu_ * ua, pts[int(np.argmax(proj[:, i]))] + hu_ * ua
+    cy, cx = np.nonzero(fm)
+    c = np.array([fx[cx].mean() * sx, fy[cy].mean() * sy])
+    pv = (pts - c) @ va
+    sa, sb = c + (pv.min() - hv) * va, c + (pv.max() + hv) * va
+
+    def idx(q):
+        return (float(q[0] / sx + xa), float(q[1] / sy + ya), float(kb + z0))
+
+    return long_mm, short_mm, ((idx(a), idx(b)), (idx(sa), idx(sb))), voxels
+
+
 def lung_rads_category(long_mm: float, short_mm: float, nodule_type: str, solid_mean_mm: float | None = None) -> dict:
     """Lung-RADS v2022 baseline size category of one nodule and the rule used.
 
-    Mean diameter = (long + short) / 2 on the same axial image, to 0.1 mm. Solid: < 6 mm 2,
-    6 to < 8 mm 3, 8 to < 15 mm 4A, >= 15 mm 4B. Part-solid: total < 6 mm 2; >= 6 mm with solid
-    component < 6 mm 3, 6 to < 8 mm 4A, >= 8 mm 4B. Ground glass: < 30 mm 2, >= 30 mm 3
-    (ACR Lung-RADS v2022). Size only: no growth, morphology or prior exam considered.
+    Mean diameter = (long + short) / 2 on the same axial image (mm), rounded half up to 0.1 mm
+    (:func:`mean_diameter_mm`). Solid: < 6 mm 2, 6 to < 8 mm 3, 8 to < 15 mm 4A, >= 15 mm 4B.
+    Part-solid: total < 6 mm 2; >= 6 mm with solid component < 6 mm 3, 6 to < 8 mm 4A,
+    >= 8 mm 4B. Ground glass: < 30 mm 2, >= 30 mm 3 (ACR Lung-RADS v2022). Size only: no
+    growth, morphology or prior exam considered.
+
+    Returns ``{"category", "rule", "mean_diameter_mm"}``.
+
+    Raises
+    ------
+    ValueError
+        ``nodule_type`` is not one of :data:`NODULE_TYPES`.
     """
-    mean = round((long_mm + short_mm) / 2, 1)
+    if nodule_type not in NODULE_TYPES:
+        raise ValueError(f"nodule type must be one of {NODULE_TYPES}, not {nodule_type!r}")
+    mean = mean_diameter_mm(long_mm, short_mm)
     if nodule_type == "ground glass":
         cat = "2" if mean < 30 else "3"
         rule = f"ground glass, mean diameter {mean} mm {'<' if mean < 30 else '>='} 30 mm (baseline)"
     elif nodule_type == "part-solid":
-        s = round(solid_mean_mm, 1) if solid_mean_mm is not None else 0.0
+        s = _round_half_up(solid_mean_mm) if solid_mean_mm is not None else 0.0
         if mean < 6:
             cat, rule = "2", f"part-solid, mean diameter {mean} mm < 6 mm (baseline)"
         elif s < 6:
@@ -427,12 +599,31 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
                   crop: bool = False) -> Generator[SegProgress, None, ClassificationResult]:
     """Run the nodule package on a CT volume; yields progress, returns the result.
 
-    ``crop=True``: the volume is a crop inside the chest (lung air may touch its border).
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU, any orientation (resampled to the card's 1 mm grid, LPS, axis-aligned).
+    package : ModelPackage
+        A classification package (``ct-nodule-2p5d``).
+    precision : str
+        ``"int8"`` or ``"fp32"``.
+    threads : int or None
+        ONNX Runtime intra-op threads (None: its default).
+    crop : bool
+        The volume is a crop inside the chest (lung air may touch its border).
+
+    Yields :class:`SegProgress` (stages pre, candidates, classify, measure); returns a
+    :class:`ClassificationResult`: candidates ranked by calibrated probability, each with its
+    centre (LPS mm), axial long/short axis (mm), volume (mL), type and Lung-RADS size category;
+    the study probability (the largest candidate probability) and the study's category
+    (:func:`study_lung_rads`).
 
     Raises
     ------
     PackageError
         Wrong task, modality refused, hash failure or a model/card mismatch.
+    ValueError
+        Unknown precision.
     """
     t0 = time.perf_counter()
     session, warnings = open_nodule_runtime(volume, package, precision, threads)
@@ -467,22 +658,23 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
     for k, c in enumerate(comps):
         z0, y0, x0, z1, y1, x1 = c["bbox"]
         m = c["mask"]
-        long_mm, short_mm, _ = axial_diameters(m, sp)
+        long_mm, short_mm, ends, n_half = fwhm_axes(hu, c["bbox"], m, sp)
         ntype = types[int(np.argmax(tp[k]))]
         solid = None
         if ntype == "part-solid":
-            sm = m & (hu[z0:z1, y0:y1, x0:x1] > -300)
+            # solid component: voxels above SOLID_COMPONENT_HU (a heuristic of this project, not
+            # validated: the type head has not called a held-out nodule part-solid, see the card)
+            sm = m & (hu[z0:z1, y0:y1, x0:x1] > SOLID_COMPONENT_HU)
             sl, ss, _ = axial_diameters(sm, sp) if sm.any() else (0.0, 0.0, -1)
             solid = (sl + ss) / 2
         centre = grid.TransformContinuousIndexToPhysicalPoint([float(c["centroid_zyx"][2]), float(c["centroid_zyx"][1]),
                                                                float(c["centroid_zyx"][0])])
         pk = float(p[k])
-        ends = axial_axes(m, sp)
         if ends is not None:
-            ends = [[[round(float(v), 2) for v in grid.TransformContinuousIndexToPhysicalPoint(
-                [q[0] + x0, q[1] + y0, q[2] + z0])] for q in pair] for pair in ends]
+            ends = [[[round(float(v), 2) for v in grid.TransformContinuousIndexToPhysicalPoint(list(q))] for q in pair]
+                    for pair in ends]
         cands.append(Candidate(0, (float(centre[0]), float(centre[1]), float(centre[2])), long_mm, pk, pk, float(logits[k, 1] - logits[k, 0]),
-                               c["voxels"], k + 1, long_mm, short_mm, c["voxels"] * voxel_ml, ntype,
+                               c["voxels"], k + 1, long_mm, short_mm, n_half * voxel_ml, ntype,
                                {n: round(float(v), 4) for n, v in zip(types, tp[k])},
                                lung_rads_category(long_mm, short_mm, ntype, solid),
                                ends[0] if ends else None, ends[1] if ends else None))
@@ -496,13 +688,7 @@ def iter_classify(volume: Volume, package: ModelPackage, precision: str = "int8"
             lut[c.label] = c.probability
         prob_map = lut[comp]
     study = max((c.probability for c in cands), default=0.0)
-    above = [c for c in cands if c.probability >= thr]
-    if above:
-        big = max(above, key=lambda c: c.long_axis_mm + c.short_axis_mm)
-        lr = dict(big.lung_rads, candidate_rank=big.rank)
-    else:
-        lr = {"category": "1", "rule": f"Lung-RADS v2022: no candidate at probability >= {thr} (size category 1, "
-                                       "negative; calcified or sub-threshold nodules are not reported)"}
+    lr = study_lung_rads(cands, thr)
     stage["measure"] = time.perf_counter() - t
     yield SegProgress("measure", 4, 4, eta_s=0.0)
     return ClassificationResult(package.id, precision, study, cands, prob_map, comp, grid, time.perf_counter() - t0, stage,

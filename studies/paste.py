@@ -169,6 +169,12 @@ def paste_nodule(background, nodule_crop: sitk.Image, nodule_mask: sitk.Image, c
     bg = _as_image(background)
     if nodule_crop.GetSize() != nodule_mask.GetSize():
         raise ValueError(f"nodule crop {nodule_crop.GetSize()} and mask {nodule_mask.GetSize()} differ in size")
+    for what, a, b, tol in (("origin", nodule_crop.GetOrigin(), nodule_mask.GetOrigin(), 1e-3),
+                            ("spacing", nodule_crop.GetSpacing(), nodule_mask.GetSpacing(), 1e-4),
+                            ("direction", nodule_crop.GetDirection(), nodule_mask.GetDirection(), 1e-4)):
+        if not np.allclose(a, b, atol=tol):  # the mask would be read on the wrong voxels
+            raise ValueError(f"nodule crop and mask differ in {what}: {tuple(round(float(v), 4) for v in a)} vs "
+                             f"{tuple(round(float(v), 4) for v in b)}")
     m_arr = sitk.GetArrayFromImage(nodule_mask) > 0
     if not m_arr.any():
         raise ValueError("nodule mask is empty")

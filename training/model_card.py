@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from radreview.inference.package import load_package
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +22,39 @@ def _fmt(v, nd=3):
 
 def _met(ok) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def wilson(k: int, n: int) -> str:
+    """95 % Wilson score interval of ``k`` successes in ``n`` trials, as ``"lo-hi"`` (scipy's
+    ``binomtest(...).proportion_ci(method="wilson")``; Wilson, JASA 1927); ``"n/a"`` when n = 0."""
+    from scipy.stats import binomtest
+
+    if not n:
+        return "n/a"
+    ci = binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson")
+    return f"{ci.low:.3f}-{ci.high:.3f}"
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int) -> str:
+    """95 % interval of an AUC from its Hanley-McNeil standard error (Hanley & McNeil,
+    Radiology 143:29-36, 1982), ``"lo-hi"`` clipped to [0, 1]: the per-candidate scores are not kept
+    in the card, so no bootstrap."""
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = ((a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)) ** 0.5
+    return f"{max(0.0, a - 1.96 * se):.3f}-{min(1.0, a + 1.96 * se):.3f}"
+
+
+def above_threshold(table: list[dict], threshold: float) -> dict:
+    """Reliability bins whose lower edge is at or above ``threshold`` pooled: ``n``, mean
+    probability and fraction positive (the candidates the gate calls AI positive)."""
+    rows = [b for b in table if b["bin"][0] >= threshold - 1e-9 and b["n"]]
+    n = sum(b["n"] for b in rows)
+    if not n:
+        return {"n": 0, "mean_probability": None, "fraction_positive": None, "from": threshold}
+    return {"n": n, "from": min(b["bin"][0] for b in rows),
+            "mean_probability": round(sum(b["n"] * b["mean_probability"] for b in rows) / n, 3),
+            "fraction_positive": round(sum(b["n"] * b["fraction_positive"] for b in rows) / n, 3)}
 
 
 def render_classification(m: dict) -> str:
@@ -35,6 +70,8 @@ def render_classification(m: dict) -> str:
     agree = met["int8_vs_fp32"]["decision_agreement"]
     s1 = fr32["sensitivity_at_fp_per_scan"]["1"]
     c = m["candidates"]
+    abs_rho = f"; {float(np.median(np.abs(rho['values']))):.3f}" if rho.get("values") else ""
+    hot = above_threshold(met["ece"]["reliability_after"], met["threshold"])
     lines = [f"# Model card: {m['id']} {m['version']}", "", m["intended_use"], "", "## Question", "", m["question"], "",
              "## How it answers", "",
              "Two stages (`inference/classify.py`). **Screen**: the study is resampled to 1 mm isotropic; lungs by HU rule "
@@ -50,8 +87,8 @@ def render_classification(m: dict) -> str:
              "part-solid / ground glass, from the LIDC texture ratings). The question logit is temperature-scaled "
              f"(T = {m['calibration']['temperature']:.3f}, fitted on the calibration split). Per candidate: probability, "
              "centre (LPS mm), long and short axis on the axial image (Lung-RADS v2022), volume (mL), type; per study: the "
-             f"largest candidate probability, and the Lung-RADS v2022 size category of the largest candidate at p >= "
-             f"{met['threshold']} with the rule written out.", "", "## Data and split", "",
+             f"largest candidate probability, and the Lung-RADS v2022 size category of the most suspicious candidate (highest "
+             f"category, then highest probability) at p >= {met['threshold']} with the rule written out.", "", "## Data and split", "",
              "Fixed split in `training/nodule_split.json` (seeded hash of the LIDC patient id; nodules follow their patient). "
              "Whole-scan cases are real LIDC-IDRI nodules pasted into real nodule-free lungs (`radreview.studies.paste`: "
              "resampled onto the scan grid with the scan's partial volume, blended with a feathered mask).", ""]
@@ -61,18 +98,30 @@ def render_classification(m: dict) -> str:
     cal = met.get("calibration_split", {})
     lines += ["", f"Held out: {fr32['scans']} whole-scan cases with {fr32['qualifying_nodules']} qualifying pasted nodules; "
               f"{f32['candidates']} candidates ({f32['positives']} positive). Calibration split: {cal.get('cases')} cases, "
-              f"{cal.get('candidates')} candidates. Every held-out number below was measured once, on the shipped model"
+              f"{cal.get('candidates')} candidates. Every held-out number below was measured once, on the shipped weights"
               + (" (see Notes for the split's earlier use)." if m.get("card_notes") else "."), "",
-              "## Targets (held-out split)", "", "| target | goal | measured | |", "|---|---|---|---|",
-              f"| candidate AUC, solid nodule >= 6 mm vs everything else (FP32 / INT8) | >= 0.95 | {f32['auc']} / {i8['auc']} | {_met(f32['auc'] >= 0.95)} |",
-              f"| scan-level sensitivity at <= 1 FP per scan (FP32) | >= 0.9 | {s1} | {_met(s1 >= 0.9)} |",
-              f"| FROC CPM (mean sensitivity at 1/8-8 FPs per scan) (FP32 / INT8) | report | {fr32['cpm']} / {fr8['cpm']} | |",
-              f"| ECE, 15 bins, after temperature (before) | <= 0.05 | {met['ece']['after_temperature']} ({met['ece']['before_temperature']}) | {_met(met['ece']['after_temperature'] <= 0.05)} |",
-              f"| nodule-free held-out scans with study probability < {met['threshold']} | >= 90 % | {nf.get('below_threshold')}/{nf.get('scans')} = {nf.get('fraction')} | {_met(nf.get('fraction', 0) >= 0.9)} |",
-              f"| Grad-CAM pointing game (peak in the mask dilated 2 mm) | >= 0.9 | {pg.get('hits')}/{pg.get('tried')} = {pg.get('rate')} | {_met(pg.get('rate', 0) >= 0.9)} |",
-              f"| Adebayo randomisation: Spearman shipped vs random weights (median) | < 0.5 | {rho.get('median')} | {_met(rho.get('median') is not None and rho['median'] < 0.5)} |",
-              f"| INT8 vs FP32 decision agreement (held-out candidates) | >= 0.99 | {agree} | {_met(agree >= 0.99)} |",
-              f"| whole-scan runtime, 512x512x300 CT, 2 threads, median of 3 (INT8 / FP32) | <= 10 s | {rt.get('int8_s', 'n/a')} / {rt.get('fp32_s', 'n/a')} s | {_met(rt.get('int8_s') is not None and rt['int8_s'] <= 10) if rt else 'n/a'} |",
+              "## Targets (held-out split)", "", "| target | goal | measured | 95 % interval | |", "|---|---|---|---|---|",
+              f"| candidate AUC, solid nodule >= 6 mm vs everything else (FP32 / INT8) | >= 0.95 | {f32['auc']} / {i8['auc']} | "
+              f"{auc_interval(f32['auc'], f32['positives'], f32['candidates'] - f32['positives'])} | {_met(f32['auc'] >= 0.95)} |",
+              f"| sensitivity per pasted qualifying nodule at <= 1 FP per scan (FROC, FP32) | >= 0.9 | {s1} | "
+              f"{wilson(round(s1 * fr32['qualifying_nodules']), fr32['qualifying_nodules'])} | {_met(s1 >= 0.9)} |",
+              f"| FROC CPM (mean sensitivity at 1/8-8 FPs per scan) (FP32 / INT8) | report | {fr32['cpm']} / {fr8['cpm']} | | |",
+              f"| ECE, 15 bins, after temperature (before) | <= 0.05 | {met['ece']['after_temperature']} ({met['ece']['before_temperature']}) | | {_met(met['ece']['after_temperature'] <= 0.05)} |",
+              f"| nodule-free held-out scans with study probability < {met['threshold']} | >= 90 % | {nf.get('below_threshold')}/{nf.get('scans')} = {nf.get('fraction')} | "
+              f"{wilson(nf.get('below_threshold', 0), nf.get('scans', 0))} | {_met(nf.get('fraction', 0) >= 0.9)} |",
+              f"| Grad-CAM pointing game (peak in the mask dilated 2 mm) | >= 0.9 | {pg.get('hits')}/{pg.get('tried')} = {pg.get('rate')} | "
+              f"{wilson(pg.get('hits', 0), pg.get('tried', 0))} | {_met(pg.get('rate', 0) >= 0.9)} |",
+              f"| Adebayo randomisation: Spearman shipped vs random weights (median; median of absolute values) | < 0.5 | {rho.get('median')}"
+              f"{abs_rho} | | "
+              f"{_met(rho.get('median') is not None and rho['median'] < 0.5)} |",
+              f"| INT8 vs FP32 decision agreement (held-out candidates) | >= 0.99 | {agree} | "
+              f"{wilson(round(agree * met['int8_vs_fp32']['candidates']), met['int8_vs_fp32']['candidates'])} | {_met(agree >= 0.99)} |",
+              f"| whole-scan runtime, 512x512x300 CT, 2 threads, median of 3 (INT8 / FP32) | <= 10 s | {rt.get('int8_s', 'n/a')} / {rt.get('fp32_s', 'n/a')} s | | {_met(rt.get('int8_s') is not None and rt['int8_s'] <= 10) if rt else 'n/a'} |",
+              "", "Intervals: Wilson score for proportions, Hanley-McNeil for the AUC. They treat nodules, scans and "
+              "candidates as independent; the 40 cases share two reconstructions of one background slab, so the real "
+              "uncertainty is larger. The pointing game is a weak test here: the explained cube is centred on the "
+              "candidate, which lies within the nodule's radius, so it checks that Grad-CAM does not peak elsewhere in "
+              "its cube rather than that it finds the nodule unaided.",
               "", "## FROC (LUNA16 protocol on pasted nodules)", "",
               "| FPs per scan | " + " | ".join(fr32["sensitivity_at_fp_per_scan"]) + " | CPM |",
               "|---|" + "---|" * (len(fr32["sensitivity_at_fp_per_scan"]) + 1),
@@ -89,12 +138,25 @@ def render_classification(m: dict) -> str:
               "| bin | n | mean probability | fraction positive |", "|---|---|---|---|"]
     lines += [f"| {b['bin'][0]:.3f}-{b['bin'][1]:.3f} | {b['n']} | {b['mean_probability']} | {b['fraction_positive']} |"
               for b in met["ece"]["reliability_after"]]
+    if hot["n"]:
+        lines += ["", f"The ECE is low because most candidates are easy negatives in the first bin. Above the decision threshold "
+                  f"(bins from {hot['from']:.3f}: the candidates the gate calls AI positive) the probabilities are over-confident: "
+                  f"{hot['n']} candidates, mean probability {hot['mean_probability']}, fraction positive {hot['fraction_positive']}."]
     sz, ty = met.get("size_vs_lidc", {}), met.get("nodule_type", {})
+    old = sz.get("screen_mask_caliper_0.3.0")
+
+    def size_line(z):
+        return (f"median long axis / LIDC diameter {z.get('median_long_over_lidc')}, median mean axial diameter / LIDC diameter "
+                f"{z.get('median_mean_axial_over_lidc', 'n/a')}, median |mean axial diameter - LIDC diameter| "
+                f"{z.get('median_abs_mean_diameter_error_mm')} mm, Pearson r of the long axis {z.get('pearson_long_vs_lidc')}")
+
     lines += ["", "## Size and type on held-out detections", "",
-              f"{sz.get('nodules')} held-out nodules with a candidate: median long axis / LIDC diameter {sz.get('median_long_over_lidc')}, "
-              f"median |mean axial diameter - LIDC diameter| {sz.get('median_abs_mean_diameter_error_mm')} mm, Pearson r "
-              f"{sz.get('pearson_long_vs_lidc')} (LIDC's diameter is about 0.9x the mask's equivalent diameter; a Feret "
-              "long axis is larger than both for irregular nodules; 8 mm slices and the -600 HU candidate mask add to it).", "",
+              f"{sz.get('nodules')} held-out nodules with a candidate (the candidate nearest each), measured by "
+              f"{sz.get('caliper', 'the screen mask on 1 mm pixels')}: {size_line(sz)}."
+              + (f" The 0.3.0 caliper (the -600 HU screen mask, 1 mm pixels edge to edge) on the same candidates: {size_line(old)}."
+                 if old else "")
+              + " LIDC's diameter is about 0.9x the mask's equivalent diameter, and an axial Feret long axis is larger than "
+              "both for an irregular nodule; the 8 mm slices of the held-out scans blur the pasted nodules along z.", "",
               f"Nodule type accuracy {ty.get('accuracy')}; confusion (truth -> predicted): `{json.dumps(ty.get('confusion (truth -> predicted)'))}`. "
               "Ground glass is rare in LIDC (67 of 771): no ground-glass detection claim is made.", "",
               "## Nodule-free held-out scans", "", "| scan | slices | candidates | study probability | below threshold |",
@@ -105,7 +167,9 @@ def render_classification(m: dict) -> str:
               f"{rtm.get('series')}: study probability {rtm.get('study_probability')}, {rtm.get('n_candidates')} candidates "
               f"({rtm.get('n_candidates_above_threshold')} at p >= {met['threshold']}), top candidate inside the annotated boxes: "
               f"{rtm.get('top_candidate_inside_boxes')}; candidates inside the boxes: `{json.dumps(rtm.get('candidates_inside_boxes'))}`; "
-              f"Lung-RADS: {rtm.get('lung_rads', {}).get('category')} ({rtm.get('lung_rads', {}).get('rule')}).", "",
+              f"Lung-RADS: {rtm.get('lung_rads', {}).get('category')} ({rtm.get('lung_rads', {}).get('rule')})"
+              + ("" if rtm.get("lung_rads_candidate_inside_boxes") is None else
+                 f"; that candidate is {'inside' if rtm['lung_rads_candidate_inside_boxes'] else 'outside'} the tumour boxes") + ".", "",
               "## Explanations", "",
               f"Grad-CAM (original ReLU formulation, captum LayerGradCam) on the PyTorch twin's `{m['gradcam_layer']}` layer, per view, "
               f"summed into the candidate's cube; median {ex.get('gradcam_seconds_median')} s per finding. Randomisation Spearman values: {rho.get('values')}."

@@ -45,7 +45,7 @@ from .package import ModelPackage, PackageError
 from .segment import SegProgress, make_session, normalize, to_model_grid
 
 __all__ = ["Candidate", "ClassificationResult", "iter_classify", "classify", "detect_candidates", "extract_views",
-           "axial_diameters", "axial_axes", "fwhm_axes", "lung_rads_category", "mean_diameter_mm", "study_lung_rads",
+           "axial_diameters", "fwhm_axes", "lung_rads_category", "mean_diameter_mm", "study_lung_rads",
            "LUNG_RADS_ORDER", "SIZE_THRESHOLD_MM", "SOLID_COMPONENT_HU", "NODULE_TYPES", "size_gate"]
 
 SIZE_THRESHOLD_MM = 6.0
@@ -299,56 +299,41 @@ def views_of_cube(cube: np.ndarray, offsets=(-2, 0, 2)) -> np.ndarray:
     return np.stack(ax + co + sa)
 
 
+def _directions(sx: float, sy: float, factor: int = 1):
+    """The 180 caliper directions ``(180, 2)`` (1 degree apart) and the half extent ``(180,)``
+    (mm) along each of a pixel ``sx / factor`` x ``sy / factor`` mm."""
+    th = np.deg2rad(np.arange(180.0))
+    u = np.stack([np.cos(th), np.sin(th)], axis=1)
+    return u, 0.5 * np.sqrt((u[:, 0] * sx / factor) ** 2 + (u[:, 1] * sy / factor) ** 2)
+
+
+def _caliper(pts: np.ndarray, half: np.ndarray, u: np.ndarray):
+    """Widths ``(180,)`` of 2-D points ``pts`` (mm) along the unit directions ``u`` ``(180, 2)``,
+    each point a pixel whose half extent along ``u`` is ``half`` ``(180,)`` (edge to edge), and
+    the projections ``(n, 180)``."""
+    proj = pts @ u.T
+    return proj.max(axis=0) - proj.min(axis=0) + 2 * half, proj
+
+
 def axial_diameters(mask: np.ndarray, spacing_xyz) -> tuple[float, float, int]:
     """Long and short axis (mm) of a 3-D mask ``(z, y, x)`` on its axial slices, and that slice.
 
     Long axis: the maximum Feret diameter (caliper width over 180 directions, 1 degree apart,
-    of the pixel centres plus one pixel) over all axial slices; short axis: the caliper width perpendicular to
-    it on the same slice (Lung-RADS v2022 measures both on the same axial image).
+    of the pixel centres plus one pixel) over all axial slices; short axis: the caliper width
+    perpendicular to it on the same slice (Lung-RADS v2022 measures both on the same axial
+    image). The caliper of 0.3.0 on the screen mask; the runtime measures with
+    :func:`fwhm_axes`, which uses this on the mask to pick its slices.
     """
     sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
-    th = np.deg2rad(np.arange(180.0))
-    u = np.stack([np.cos(th), np.sin(th)], axis=1)
-    half = 0.5 * np.sqrt((u[:, 0] * sx) ** 2 + (u[:, 1] * sy) ** 2)  # half a pixel along u (edge to edge)
+    u, half = _directions(sx, sy)
     best = (0.0, 0.0, -1)
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
         yy, xx = np.nonzero(mask[k])
-        pts = np.stack([xx * sx, yy * sy], axis=1)
-        proj = pts @ u.T  # (n, 180)
-        width = proj.max(axis=0) - proj.min(axis=0) + 2 * half
+        width, _ = _caliper(np.stack([xx * sx, yy * sy], axis=1), half, u)
         i = int(np.argmax(width))
         if width[i] > best[0]:
             best = (float(width[i]), float(width[(i + 90) % 180]), int(k))
     return best
-
-
-def axial_axes(mask: np.ndarray, spacing_xyz):
-    """End points of the long and short axis of :func:`axial_diameters`, as continuous voxel
-    indices ``(i, j, k)`` of ``mask`` ``(z, y, x)``: ``((long_a, long_b), (short_a, short_b))``;
-    the short axis is drawn through the slice's centroid, perpendicular to the long axis.
-    ``None`` for an empty mask."""
-    sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
-    long_mm, _, k = axial_diameters(mask, spacing_xyz)
-    if k < 0:
-        return None
-    yy, xx = np.nonzero(mask[k])
-    pts = np.stack([xx * sx, yy * sy], axis=1)
-    th = np.deg2rad(np.arange(180.0))
-    u_all = np.stack([np.cos(th), np.sin(th)], axis=1)
-    proj = pts @ u_all.T
-    i = int(np.argmax(proj.max(axis=0) - proj.min(axis=0)))
-    u, v = u_all[i], u_all[(i + 90) % 180]
-    hu_ = 0.5 * float(np.hypot(u[0] * sx, u[1] * sy))
-    hv = 0.5 * float(np.hypot(v[0] * sx, v[1] * sy))
-    a, b = pts[int(np.argmin(proj[:, i]))] - hu_ * u, pts[int(np.argmax(proj[:, i]))] + hu_ * u
-    c = pts.mean(axis=0)
-    pv = (pts - c) @ v
-    sa, sb = c + (pv.min() - hv) * v, c + (pv.max() + hv) * v
-
-    def idx(q):
-        return (float(q[0] / sx), float(q[1] / sy), float(k))
-
-    return (idx(a), idx(b)), (idx(sa), idx(sb))
 
 
 def _round_half_up(v: float, ndigits: int = 1) -> float:
@@ -385,13 +370,6 @@ def study_lung_rads(candidates, threshold: float) -> dict:
     top = max(above, key=lambda c: (LUNG_RADS_ORDER.index(c.lung_rads["category"]), c.probability))
     return dict(top.lung_rads, candidate_rank=top.rank,
                 rule=top.lung_rads["rule"] + f"; candidate {top.rank}, the most suspicious of {len(above)} at p >= {threshold}")
-
-
-def _caliper(pts: np.ndarray, half: np.ndarray, u: np.ndarray):
-    """Widths ``(180,)`` of 2-D points ``pts`` (mm) along the unit directions ``u`` ``(180, 2)``,
-    each point a pixel whose half extent along ``u`` is ``half`` ``(180,)`` (edge to edge)."""
-    proj = pts @ u.T
-    return proj.max(axis=0) - proj.min(axis=0) + 2 * half, proj
 
 
 def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int = 4, lung_hu: float = -850.0):
@@ -450,9 +428,7 @@ def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int =
     level = (peak + bg) / 2
     voxels = int(((box >= level) & near).sum()) or int(m.sum())
     f = int(factor)
-    th = np.deg2rad(np.arange(180.0))
-    u = np.stack([np.cos(th), np.sin(th)], axis=1)
-    half = 0.5 * np.sqrt((u[:, 0] * sx / f) ** 2 + (u[:, 1] * sy / f) ** 2)
+    u, half = _directions(sx, sy, f)
     best: tuple | None = None  # (long, short, slice, hull points, projections, direction, fine mask)
     hh, ww = box.shape[1:]
     fy = (np.arange(hh * f) + 0.5) / f - 0.5  # fine pixel centres in coarse index units
@@ -462,11 +438,7 @@ def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int =
     nx = np.clip(np.rint(gx).astype(int), 0, ww - 1)
     ks = np.flatnonzero(m.any(axis=(1, 2)))
     if len(ks) > 2:  # the fine caliper on the two slices widest on the coarse mask (cost: 200 candidates a scan)
-        coarse = []
-        for k in ks:
-            yy, xx = np.nonzero(m[k])
-            w, _ = _caliper(np.stack([xx * sx, yy * sy], axis=1), half * f, u)
-            coarse.append(w.max())
+        coarse = [axial_diameters(m[k:k + 1], spacing_xyz)[0] for k in ks]
         ks = ks[np.argsort(coarse)[-2:]]
     for k in ks:
         fine = map_coordinates(box[k], [gy, gx], order=1, mode="nearest")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from radreview.inference.classify import axial_axes, axial_diameters, classify, lung_rads_category
+from radreview.inference.classify import axial_diameters, classify, fwhm_axes, lung_rads_category
 from radreview.inference.lungs import closed_lung_mask, lung_mask
 from radreview.inference.package import load_package
 from radreview.studies import Volume, load_image_file
@@ -99,9 +99,16 @@ def test_axial_diameters_on_known_shapes():
         m[1] = m2
         la, sa, k = axial_diameters(m, sp)
         assert k == 1 and la == pytest.approx(long_, abs=0.6) and sa == pytest.approx(short, abs=0.6)
-        (a, b), (c, d) = axial_axes(m, sp)
+        # the runtime's caliper on the same shape as a CT image (0 HU in -850 HU lung): its
+        # axes and their end points (continuous voxel indices), the short one perpendicular
+        hu = np.where(m, 0.0, -850.0).astype(np.float32)
+        lf, sf, ((a, b), (c, d)), vox = fwhm_axes(hu, (0, 0, 0) + hu.shape, m, sp)
+        assert lf == pytest.approx(long_, abs=0.6) and sf == pytest.approx(short, abs=0.6) and vox == m.sum()
         length = lambda p, q: float(np.hypot((p[0] - q[0]) * sp[0], (p[1] - q[1]) * sp[1]))  # noqa: E731
-        assert length(a, b) == pytest.approx(la, abs=0.8) and length(c, d) == pytest.approx(sa, abs=0.8)
+        assert length(a, b) == pytest.approx(lf, abs=0.8) and length(c, d) == pytest.approx(sf, abs=0.8)
+        assert a[2] == b[2] == c[2] == d[2] == 1.0
+        ab, cd = np.subtract(b, a)[:2] * sp[:2], np.subtract(d, c)[:2] * sp[:2]
+        assert abs(float(ab @ cd)) < 0.05 * lf * sf
 
 
 def test_axial_diameters_against_lidc_diameters(lidc):

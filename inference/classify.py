@@ -407,7 +407,7 @@ def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int =
         count at half maximum (the mask's own count when none reaches it). ``(0, 0, None, 0)``
         for an empty mask; a slice where nothing reaches half maximum falls back to the mask.
     """
-    from scipy.ndimage import binary_dilation, binary_erosion, map_coordinates
+    from scipy.ndimage import binary_dilation, binary_erosion, generate_binary_structure, map_coordinates
     from scipy.spatial import ConvexHull, QhullError
 
     sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
@@ -420,8 +420,7 @@ def fwhm_axes(hu: np.ndarray, bbox, mask: np.ndarray, spacing_xyz, factor: int =
     box = hu[z0:z1, ya:yb, xa:xb].astype(np.float32)
     m = np.zeros(box.shape, bool)
     m[:, y0 - ya:y0 - ya + mask.shape[1], x0 - xa:x0 - xa + mask.shape[2]] = mask
-    near = binary_dilation(m, structure=np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
-                                                  [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], bool), iterations=1)
+    near = binary_dilation(m, structure=generate_binary_structure(2, 1)[None])  # one voxel in-plane
     peak = float(np.percentile(box[m], 90))
     out = box[~binary_dilation(near, iterations=1)]
     bg = float(np.clip(np.percentile(out, 25), -950.0, -700.0)) if out.size else float(lung_hu)

@@ -13,8 +13,17 @@ reader's reads (AUC over all reader-case pairs; the bootstrap resamples cases wi
 reads). Metrics needing truth are null where truth is missing, never imputed. Only closed reads
 (locked / final) count.
 
-The Obuchowski-Rockette MRMC analysis is not computed: no kept Python library implements it
-(MRMCaov and iMRMC are R packages), and the report says so rather than hand-rolling one.
+MRMC: the reads become ratings ``reader, modality (unaided / aided), case, truth, score`` over the
+cases with truth that every reader closed in every phase the mode has (the others are counted
+and named as excluded), written to ``ratings.csv`` in the format of ``radreview mrmc`` (and
+MRMCaov / RJafroc), and analysed by :func:`radreview.review.mrmc.analyse` (Obuchowski-Rockette
+with Hillis's ddf, jackknife covariance) with a power table for a follow-up study
+(:func:`radreview.review.mrmc.power_table`, AUC difference :data:`POWER_EFFECT`). With one
+phase (shadow, concurrent) only the single-modality intervals exist. Agreement and change
+(:mod:`radreview.review.agreement`): Cohen's kappa of each reader with the AI and Fleiss' kappa
+among readers, per phase, with CIs or the reason there is none; McNemar's exact test of the
+switches to correct vs to incorrect; paired reading times (unaided vs revision) with the
+Wilcoxon signed-rank test.
 """
 
 from __future__ import annotations
@@ -30,12 +39,16 @@ from typing import Any
 import numpy as np
 
 from .core import POSITIVE_SCORE, ReadingSession
+from radreview.review import mrmc
+from radreview.review.agreement import cohen_kappa, fleiss_kappa, mcnemar_switches, paired_times
+from radreview.review.mrmc_report import html_section, plot_reader_aucs
 
-__all__ = ["build_report", "write_report", "MRMC_NOTE"]
+__all__ = ["build_report", "write_report", "mrmc_ratings", "POWER_EFFECT"]
 
-MRMC_NOTE = ("Obuchowski-Rockette MRMC analysis of the AUC difference (aided - unaided) not computed: no kept Python "
-             "library implements it (MRMCaov and iMRMC are R packages); export reads.csv to MRMCaov for it.")
 N_BOOT = 2000
+#: AUC difference (aided - unaided) the follow-up power table is computed for
+POWER_EFFECT = 0.05
+PHASE_LABELS = {"unaided": "unaided", "aided": "AI-aided"}
 
 
 def _num(v):
@@ -58,16 +71,6 @@ def _sens_spec(y: np.ndarray, d: np.ndarray):
     sens = _num(d[pos].mean()) if pos.any() else None
     spec = _num(1 - d[neg].mean()) if neg.any() else None
     return sens, spec
-
-
-def _kappa(a: list[bool], b: list[bool]):
-    from sklearn.metrics import cohen_kappa_score
-
-    if not a:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _num(cohen_kappa_score(np.asarray(a, int), np.asarray(b, int)))
 
 
 def _mw_auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -123,6 +126,70 @@ def _phase_metrics(reads: list[dict], case_ids: list[str], readers: list[str], t
             "sensitivity": sens, "specificity": spec, "median_seconds": _num(np.median(secs)) if secs else None}
 
 
+def mrmc_ratings(rows: list[dict], readers: list[str], case_ids: list[str], truth: dict[str, int]):
+    """The closed reads as a factorial MRMC ratings table (modality = phase, rating = score).
+
+    Returns ``(table or None, {"cases_used", "excluded": {case: reason}, "reason"})``. A case is
+    used when it has truth and every reader closed it in every phase the session's reads have.
+    """
+    phases = sorted({r["phase"] for r in rows})
+    score = {(r["reader"], r["case"], r["phase"]): r["score"] for r in rows if r["score"] is not None}
+    excluded: dict[str, str] = {}
+    used = []
+    for c in case_ids:
+        if c not in truth:
+            excluded[c] = "no truth"
+            continue
+        gaps = [f"{rd}/{ph}" for rd in readers for ph in phases if (rd, c, ph) not in score]
+        if gaps:
+            excluded[c] = "not closed by " + ", ".join(gaps)
+            continue
+        used.append(c)
+    info: dict[str, Any] = {"cases_used": len(used), "excluded": excluded, "reason": None}
+    if len(readers) < 2:
+        info["reason"] = f"{len(readers)} reader: an MRMC analysis needs at least 2 readers"
+        return None, info
+    if not phases:
+        info["reason"] = "no closed reads"
+        return None, info
+    n1 = sum(truth[c] for c in used)
+    if min(n1, len(used) - n1) < 2:
+        info["reason"] = (f"{n1} positive and {len(used) - n1} negative case(s) read by every reader in every phase: "
+                          "the AUC covariance needs at least 2 of each")
+        return None, info
+    flat = [{"reader": rd, "modality": ph, "case": c, "truth": truth[c], "rating": score[(rd, c, ph)]}
+            for ph in phases for rd in readers for c in used]
+    return mrmc.ratings_from_rows(flat, source="session reads"), info
+
+
+def _mrmc(session: ReadingSession, rows: list[dict], case_ids: list[str], truth: dict[str, int]):
+    table, info = mrmc_ratings(rows, list(session.readers), case_ids, truth)
+    if table is None:
+        return None, {"computed": False, **info}
+    res = mrmc.analyse(table, covariance="jackknife")
+    block: dict[str, Any] = {"computed": True, **info, "labels": {m: PHASE_LABELS.get(m, m) for m in table.modalities},
+                             **res}
+    t, r, c = table.shape
+    if t > 1:
+        from radreview.review.mrmc_report import default_power_grid
+
+        rd, cs = default_power_grid(r, c)
+        block["power"] = {"analysis": "rrrc", "effect": POWER_EFFECT, "alpha": res["alpha"],
+                          "table": mrmc.power_table(res["variance_components"], POWER_EFFECT, rd, cs, pilot_cases=c)}
+    else:
+        block["note"] = (f"one phase ({table.modalities[0]}) in {session.mode} mode: no comparison; the single-"
+                         "modality AUC intervals are given")
+    return table, block
+
+
+def _fleiss(rows: list[dict], readers, phase: str, seed: int) -> dict:
+    dec = {(r["reader"], r["case"]): bool(r["positive"]) for r in rows if r["phase"] == phase and r["score"] is not None}
+    cases = sorted({c for _, c in dec})
+    full = [c for c in cases if all((rd, c) in dec for rd in readers)]
+    return fleiss_kappa(np.array([[dec[(rd, c)] for rd in readers] for c in full], int).reshape(len(full), len(readers)),
+                        seed=seed)
+
+
 def build_report(session: ReadingSession) -> dict:
     """The report as a dict (the ``report.json`` schema of the README), plus ``figures``: the
     exact data each figure plots, and ``rows``: one row per read and phase (``reads.csv``)."""
@@ -171,6 +238,7 @@ def build_report(session: ReadingSession) -> dict:
             if secs:
                 figures["times"][f"{label} {phase}"] = secs
         # switches: sequential reads with both phases closed
+        pairs: list[tuple[dict, dict]] = []
         if session.mode == "sequential":
             u = {(r["reader"], r["case"]): r for r in un}
             pairs = [(u[(r["reader"], r["case"])], r) for r in ad if r["state"] == "final" and (r["reader"], r["case"]) in u]
@@ -189,17 +257,29 @@ def build_report(session: ReadingSession) -> dict:
 
         def kap(group):
             g = [r for r in group if r["case"] in ai]
-            return _kappa([r["positive"] for r in g], [bool(ai[r["case"]]["positive"]) for r in g])
+            return cohen_kappa([r["positive"] for r in g], [bool(ai[r["case"]]["positive"]) for r in g])
 
-        block["kappa_vs_ai"] = {"unaided": kap(un), "aided": kap(ad)}
+        kappas = {"unaided": kap(un), "aided": kap(ad)}
+        block["kappa_vs_ai"] = {ph: k["kappa"] for ph, k in kappas.items()}
+        block["kappa_vs_ai_detail"] = kappas
+        sw_block = block["switches"]
+        block["mcnemar"] = (mcnemar_switches(sw_block["to_correct"], sw_block["to_incorrect"])
+                            if sw_block and sw_block["to_correct"] is not None else None)
+        if session.mode == "sequential":
+            timed = [(a["seconds"], b["seconds"]) for a, b in pairs if a["seconds"] is not None and b["seconds"] is not None]
+            block["reading_time"] = paired_times([a for a, _ in timed], [b for _, b in timed])
+        else:
+            block["reading_time"] = None
         return block
 
     readers = [reader_block([r], r) for r in session.readers]
     pooled = reader_block(list(session.readers), "pooled") if len(session.readers) > 1 else {**readers[0], "reader": "pooled"}
-    mrmc = {"computed": False, "note": MRMC_NOTE}
+    table, mrmc_block = _mrmc(session, rows, case_ids, truth)
+    agreement = {"fleiss_readers": {ph: _fleiss(rows, session.readers, ph, seed) for ph in ("unaided", "aided")}}
     return {"mode": session.mode, "question": session.question, "cases": len(case_ids),
             "cases_with_truth": sum(c in truth for c in case_ids), "lesions": sum(len(v) for v in lesions.values()),
-            "seed": seed, "ai": ai_block, "readers": readers, "pooled": pooled, "mrmc": mrmc,
+            "seed": seed, "ai": ai_block, "readers": readers, "pooled": pooled, "mrmc": mrmc_block,
+            "agreement": agreement, "ratings": table,
             "definitions": {"positive_score": POSITIVE_SCORE, "ci": f"percentile bootstrap over cases, {N_BOOT} resamples, "
                             "stratified by truth (scipy.stats.bootstrap)", "pooled": "all readers' reads together"},
             "figures": figures, "rows": rows}
@@ -271,11 +351,58 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _mrmc_html(block: dict) -> str:
+    if not block["computed"]:
+        return f"<h2>MRMC analysis</h2><p>Not computed: {html.escape(block['reason'])}.</p>"
+    pw = block.get("power") or {}
+    excluded = block["excluded"]
+    note = (f"<p>{block['cases_used']} case(s) used; {len(excluded)} excluded (" +
+            html.escape("; ".join(f"{c}: {why}" for c, why in list(excluded.items())[:10])) +
+            (" ..." if len(excluded) > 10 else "") + ").</p>") if excluded else ""
+    extra = f"<p>{html.escape(block['note'])}</p>" if block.get("note") else ""
+    return (html_section(block, pw.get("table"), pw.get("effect"), block["labels"], figure="mrmc_readers.png",
+                         order=["unaided", "aided"])
+            + note + extra + "<p>The ratings are in <code>ratings.csv</code> (reader, modality, case, truth, rating): "
+            "<code>radreview mrmc ratings.csv</code> repeats this analysis, and MRMCaov or RJafroc read the same file.</p>")
+
+
+def _agreement_html(rep: dict) -> str:
+    def kap(d: dict | None) -> str:
+        if not d:
+            return "n/a"
+        if d["kappa"] is None:
+            return f"n/a ({html.escape(d['reason'])})"
+        ci = f" {_fmt(d['ci95'])}" if d["ci95"] else f" (no CI: {html.escape(d['reason'])})"
+        return f"{d['kappa']:.3f}{ci}"
+
+    rows = []
+    for b in rep["readers"]:
+        mc = b.get("mcnemar")
+        mc_s = "n/a" if not mc else (f"{mc['to_correct']} / {mc['to_incorrect']}, p {_fmt(mc['p'])}" if mc["p"] is not None
+                                     else f"{mc['to_correct']} / {mc['to_incorrect']} ({html.escape(mc['reason'])})")
+        t = b.get("reading_time")
+        if t and t["pairs"]:
+            t_s = (f"{_fmt(t['first']['median'])} {_fmt(t['first']['iqr'])} vs {_fmt(t['second']['median'])} "
+                   f"{_fmt(t['second']['iqr'])}; p {_fmt(t['wilcoxon_p'])}" +
+                   (f" ({html.escape(t['reason'])})" if t["reason"] else ""))
+        else:
+            t_s = "n/a"
+        d = b.get("kappa_vs_ai_detail", {})
+        rows.append(f"<tr><td>{html.escape(b['reader'])}</td><td>{kap(d.get('unaided'))}</td><td>{kap(d.get('aided'))}"
+                    f"</td><td>{mc_s}</td><td>{t_s}</td></tr>")
+    fl = rep["agreement"]["fleiss_readers"]
+    return ("<h2>Agreement and change</h2><table><tr><th>reader</th><th>Cohen's kappa vs AI, unaided (95% CI)</th>"
+            "<th>Cohen's kappa vs AI, aided</th><th>McNemar: switches to correct / to incorrect</th>"
+            "<th>reading time s, median [IQR] unaided vs revision; Wilcoxon</th></tr>" + "".join(rows) + "</table>"
+            f"<p>Fleiss' kappa among readers: unaided {kap(fl['unaided'])}; aided {kap(fl['aided'])}.</p>")
+
+
 def write_report(session: ReadingSession, out: str | os.PathLike) -> dict:
     """Write ``report.json`` (without the per-read rows), ``reads.csv`` (one row per read and
-    phase, with truth and the AI's answer beside it) and ``report.html`` with ``roc.png``,
-    ``switches.png`` and ``times.png`` (matplotlib, Agg) into ``out``; returns the report dict
-    with ``files``."""
+    phase, with truth and the AI's answer beside it), ``mrmc.json``, ``ratings.csv`` and
+    ``mrmc_readers.png`` (when the MRMC analysis could be computed) and ``report.html`` with
+    ``roc.png``, ``switches.png`` and ``times.png`` (matplotlib, Agg) into ``out``; returns the
+    report dict with ``files``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = build_report(session)
@@ -292,7 +419,14 @@ def write_report(session: ReadingSession, out: str | os.PathLike) -> dict:
                         truth.get(r["case"], ""), "" if a is None else a["probability"], "" if a is None else int(a["positive"]),
                         r["seconds"], len(r["findings"]), json.dumps(r["findings"]), r["opened"], r["closed"]])
     figs = _plot(rep, out)
-    rep["files"] = ["report.json", "reads.csv", "report.html"] + figs
+    table = rep.pop("ratings")
+    mrmc_files = []
+    if table is not None:
+        mrmc.write_ratings_csv(table, out / "ratings.csv")
+        plot_reader_aucs(rep["mrmc"], out / "mrmc_readers.png", rep["mrmc"]["labels"], order=["unaided", "aided"])
+        mrmc_files = ["ratings.csv", "mrmc_readers.png"]
+    (out / "mrmc.json").write_text(json.dumps(rep["mrmc"], indent=1))
+    rep["files"] = ["report.json", "reads.csv", "report.html", "mrmc.json"] + mrmc_files + figs
     body = {k: v for k, v in rep.items() if k != "rows"}
     (out / "report.json").write_text(json.dumps(body, indent=1))
 
@@ -322,7 +456,8 @@ sensitivity {_fmt(a['sensitivity'])}, specificity {_fmt(a['specificity'])} ({a['
 <h2>Readers</h2><table>{head}{''.join(row(b) for b in rep['readers'])}{row(rep['pooled'])}</table>
 <p>Reader positive = score &ge; {POSITIVE_SCORE:g}. CIs: {html.escape(rep['definitions']['ci'])}. n/a = not defined
 (no truth, one class only, or no such phase in this mode).</p>
-<h2>MRMC</h2><p>{html.escape(MRMC_NOTE)}</p>
+{_mrmc_html(rep["mrmc"])}
+{_agreement_html(rep)}
 <h2>Figures</h2><img src="roc.png" alt="ROC curves"><img src="switches.png" alt="switch chart"><img src="times.png" alt="reading times">
 </body></html>"""
     (out / "report.html").write_text(doc)

@@ -452,17 +452,124 @@ def test_report_matches_values_computed_from_the_same_reads(tmp_path, demo):
     sc = [plan[(rd, c)][1] for rd in ("a", "b") for c in cases]
     want = _independent(y * 2, [v / 100 for v in sc], [v >= 50 for v in sc])
     assert rep["pooled"]["aided"]["auc"] == pytest.approx(want["auc"], abs=1e-4)
-    assert rep["mrmc"]["computed"] is False and "Obuchowski-Rockette" in rep["mrmc"]["note"]
+    # MRMC: the reads as ratings (modality = phase); reader AUCs equal the per-reader AUCs above,
+    # and `radreview mrmc` on the written ratings.csv gives the same analysis
+    m = rep["mrmc"]
+    assert m["computed"] is True and m["cases_used"] == len(cases) and m["modalities"] == ["aided", "unaided"]
+    for blk in rep["readers"]:
+        for phase in ("unaided", "aided"):
+            assert m["auc"][phase][blk["reader"]] == pytest.approx(blk[phase]["auc"], abs=1e-4)
+    assert m["rrrc"]["comparisons"][0]["a"] == "aided" and m["rrrc"]["comparisons"][0]["b"] == "unaided"
+    assert m["power"]["effect"] == 0.05 and len(m["power"]["table"]) > 4
+    again = cli("mrmc", out / "ratings.csv", "--json")
+    assert again.returncode == 0, again.stderr
+    redo = json.loads(again.stdout)
+    assert redo["auc"] == m["auc"] and redo["rrrc"]["comparisons"] == m["rrrc"]["comparisons"]
+    assert json.loads((out / "mrmc.json").read_text())["variance_components"] == m["variance_components"]
+    ratings = list(csv.DictReader(open(out / "ratings.csv")))
+    assert len(ratings) == 2 * 2 * len(cases)
+    assert all(float(r["rating"]) == plan[(r["reader"], r["case"])][0 if r["modality"] == "unaided" else 1]
+               for r in ratings)
+    # McNemar on the switches to correct / to incorrect; kappa with its reason where undefined
+    for blk in rep["readers"]:
+        mc, sw = blk["mcnemar"], blk["switches"]
+        assert (mc["to_correct"], mc["to_incorrect"]) == (sw["to_correct"], sw["to_incorrect"])
+        assert (mc["p"] is None) == (sw["total"] == 0)
+        for phase in ("unaided", "aided"):
+            d = blk["kappa_vs_ai_detail"][phase]
+            assert d["ci95"] is None and "below 10 cases" in d["reason"] or d["kappa"] is None
     rows = list(csv.DictReader(open(out / "reads.csv")))
     assert len(rows) == 16 and {r["phase"] for r in rows} == {"unaided", "aided"}
     assert all(float(r["score"]) == plan[(r["reader"], r["case_id"])][0 if r["phase"] == "unaided" else 1] for r in rows)
     html = (out / "report.html").read_text()
-    assert "Obuchowski-Rockette" in html and 'src="roc.png"' in html
+    assert "MRMC analysis (Obuchowski-Rockette" in html and 'src="roc.png"' in html
+    assert "Random readers, random cases" in html and "Power of a follow-up study" in html
     from PIL import Image
 
-    for name in ("roc.png", "switches.png", "times.png"):
+    for name in ("roc.png", "switches.png", "times.png", "mrmc_readers.png"):
         im = np.asarray(Image.open(out / name).convert("L"))
         assert im.shape[0] > 300 and im.std() > 5  # a drawn figure, not a blank page
+
+
+def test_reader_study_report_mrmc_agreement_and_times_from_the_reads(tmp_path, demo_cases):
+    """Three readers read 24 cases blind, lock, then revise with the AI shown: the report's MRMC,
+    kappa, McNemar and reading-time figures equal independent computations on the same reads."""
+    from scipy.stats import binomtest, wilcoxon
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    from radreview.review.sessions.report import write_report
+
+    base = read_cases_csv(demo_cases["cases"])
+    cases = [{**base[k % len(base)], "case_id": f"c{k:02d}"} for k in range(24)]
+    truth = {c["case_id"]: k % 2 for k, c in enumerate(cases)}
+    readers = ("r1", "r2", "r3")
+    s = ReadingSession.create(tmp_path / "study.db", cases, list(readers), "sequential", truth=truth, seed=3)
+    rng = np.random.default_rng(4)
+    ai = {}
+    for c in truth:  # an AI result per case: probability, threshold 0.5 (stored as run-ai stores it)
+        p = float(np.clip(rng.normal(0.3 + 0.4 * truth[c], 0.2), 0, 1))
+        ai[c] = p >= 0.5
+        s.store_ai(c, MODEL, {"model": MODEL, "probability": p, "threshold": 0.5, "positive": p >= 0.5, "findings": []})
+    plan = {}
+    for rd in readers:
+        for c in s.worklist(rd):
+            u = float(np.clip(rng.normal(40 + 25 * truth[c], 18), 0, 100))
+            a = float(np.clip(u + rng.normal(8 if truth[c] else -6, 10), 0, 100))
+            plan[(rd, c)] = (u, a)
+            s.open_read(rd, c)
+            s.record(rd, c, score=u, lock=True)
+            s.reveal(rd, c)
+            s.record(rd, c, score=a, final=True)
+    rep = write_report(s, tmp_path / "out")
+    s.close()
+    m = rep["mrmc"]
+    assert m["computed"] and m["cases_used"] == 24 and m["excluded"] == {}
+    y = [truth[c["case_id"]] for c in cases]
+    for rd in readers:
+        for j, phase in ((0, "unaided"), (1, "aided")):
+            want = roc_auc_score(y, [plan[(rd, c["case_id"])][j] for c in cases])
+            assert m["auc"][phase][rd] == pytest.approx(want, abs=1e-12)
+    cmp = m["rrrc"]["comparisons"][0]
+    assert (cmp["a"], cmp["b"]) == ("aided", "unaided") and m["rrrc"]["reason"] is None and 0 < m["rrrc"]["p"] < 1
+    assert cmp["ci95"][0] < cmp["difference"] < cmp["ci95"][1]
+    assert all(row["power"] is not None for row in m["power"]["table"])
+    # Fleiss' kappa among the three readers, written out (Fleiss 1971)
+    for j, phase in ((0, "unaided"), (1, "aided")):
+        d = np.array([[plan[(rd, c["case_id"])][j] >= 50 for rd in readers] for c in cases], int)
+        n_pos = d.sum(axis=1)
+        k = len(readers)
+        p_i = (n_pos * (n_pos - 1) + (k - n_pos) * (k - n_pos - 1)) / (k * (k - 1))
+        pj = n_pos.sum() / d.size
+        pe = pj ** 2 + (1 - pj) ** 2
+        fk = rep["agreement"]["fleiss_readers"][phase]
+        assert fk["kappa"] == pytest.approx((p_i.mean() - pe) / (1 - pe), abs=1e-4)
+        assert fk["ci95"][0] <= fk["kappa"] <= fk["ci95"][1] and fk["ci95"][0] < fk["ci95"][1]
+    for blk in rep["readers"]:
+        rd = blk["reader"]
+        right = {c: (plan[(rd, c)][0] >= 50) == bool(truth[c]) for c in truth}
+        after = {c: (plan[(rd, c)][1] >= 50) == bool(truth[c]) for c in truth}
+        b = sum(after[c] and not right[c] for c in truth)
+        w = sum(right[c] and not after[c] for c in truth)
+        mc = blk["mcnemar"]
+        assert (mc["to_correct"], mc["to_incorrect"]) == (b, w)
+        assert mc["p"] == (None if b + w == 0 else pytest.approx(binomtest(b, b + w).pvalue, abs=1e-4))
+        for j, phase in ((0, "unaided"), (1, "aided")):
+            kd = blk["kappa_vs_ai_detail"][phase]
+            want = cohen_kappa_score([plan[(rd, c)][j] >= 50 for c in truth], [ai[c] for c in truth])
+            assert kd["kappa"] == pytest.approx(want, abs=1e-4) and kd["n"] == 24
+            assert kd["ci95"][0] < kd["kappa"] < kd["ci95"][1], kd
+        rt = blk["reading_time"]
+        reads = {(r.case_id, r.phase): r.seconds for r in ReadingSession(tmp_path / "study.db").reads(reader=rd)}
+        un = [reads[(c, "unaided")] for c in truth]
+        ad = [reads[(c, "aided")] for c in truth]
+        assert rt["pairs"] == 24
+        assert rt["first"]["median"] == pytest.approx(float(np.median(un)), abs=1e-3)
+        assert rt["wilcoxon_p"] == pytest.approx(wilcoxon(ad, un).pvalue, abs=1e-4)
+    html = (tmp_path / "out" / "report.html").read_text()
+    for text in ("Random readers, random cases", "Fixed readers, random cases", "Random readers, fixed cases",
+                 "Power of a follow-up study", "Fleiss' kappa among readers", "McNemar", "How to read it"):
+        assert text in html, text
+    assert "Not defined" not in html
 
 
 def test_report_without_truth_has_null_metrics(tmp_path, demo):

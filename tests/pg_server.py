@@ -84,6 +84,19 @@ class PgServer:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def halt(self) -> None:
+        """Stop the server now (``-m immediate``), keeping its data, as an outage would."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port and data."""
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.tmp} "
+                "-c fsync=on -c max_connections=40 -c shared_buffers=16MB")
+        r = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.tmp / "server.log"),
+                      "-w", "-t", "60", "start", check=False)
+        if r.returncode:
+            raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-300:]}")
+
     def stop(self) -> None:
         if self.started:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)

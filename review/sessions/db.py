@@ -129,8 +129,9 @@ def _make_engine(db: str | os.PathLike) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def is_session_db(db: str | os.PathLike) -> bool:
-    """True when ``db`` exists and holds a reading session's tables (``session_meta``)."""
+def is_session_db(db: str | os.PathLike, marker: str = "session_meta") -> bool:
+    """True when ``db`` exists and holds a reading session's tables (``session_meta``; another
+    audited database kind by its own ``marker`` table)."""
     if not is_postgres(str(db)) and not str(db).startswith("sqlite:///"):
         p = Path(db)
         if not p.is_file() or p.stat().st_size == 0:
@@ -141,7 +142,7 @@ def is_session_db(db: str | os.PathLike) -> bool:
     try:
         eng = _make_engine(db)
         try:
-            return inspect(eng).has_table("session_meta")
+            return inspect(eng).has_table(marker)
         finally:
             eng.dispose()
     except DatabaseError:
@@ -149,7 +150,10 @@ def is_session_db(db: str | os.PathLike) -> bool:
 
 
 class SessionDB:
-    """Connection to one session database.
+    """Connection to one session database (the base of every audited SQLAlchemy database here:
+    a subclass sets :attr:`METADATA` (its tables, which must include copies of ``audit`` and
+    ``audit_head``), :attr:`MARKER` (the table that identifies it) and :attr:`KIND` (its name in
+    messages), and gets the same transactions, audit chain and checks).
 
     Parameters
     ----------
@@ -166,20 +170,26 @@ class SessionDB:
         database or fails ``PRAGMA integrity_check``, or a database without session tables.
     """
 
+    METADATA: MetaData = metadata
+    MARKER = "session_meta"
+    KIND = "reading session"
+    CREATE_HINT = "create it with `radreview session create`"
+
     def __init__(self, db: str | os.PathLike, create: bool = False) -> None:
+        kind = self.KIND
         self.db = str(db)
         self.name = display_name(db)
         sqlite = not is_postgres(self.db)
         if sqlite and not self.db.startswith("sqlite:///"):
             p = Path(self.db)
             if not create and not p.is_file():
-                raise SessionDBError(f"{p}: no such session database (create it with `radreview session create`)")
+                raise SessionDBError(f"{p}: no such {kind} database ({self.CREATE_HINT})")
             if p.is_file() and p.stat().st_size > 0:
                 with open(p, "rb") as fh:
                     if fh.read(16) != b"SQLite format 3\x00":
                         raise SessionDBError(f"{p}: not a SQLite database; it was left untouched")
-                if create and not is_session_db(p):
-                    raise SessionDBError(f"{p}: already exists (and is not a session); a session gets a new file of its own")
+                if create and not is_session_db(p, self.MARKER):
+                    raise SessionDBError(f"{p}: already exists (and is not a {kind}); a {kind} gets a new file of its own")
             p.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = _make_engine(self.db)
@@ -187,21 +197,21 @@ class SessionDB:
                 if sqlite:
                     res = conn.exec_driver_sql("PRAGMA quick_check").scalar()
                     if res != "ok":
-                        raise SessionDBError(f"{self.name}: session database failed its integrity check ({res})")
-                has = inspect(conn).has_table("session_meta")
+                        raise SessionDBError(f"{self.name}: {kind} database failed its integrity check ({res})")
+                has = inspect(conn).has_table(self.MARKER)
             if create:
                 if has:
-                    raise SessionDBError(f"{self.name}: already holds a reading session; choose a new file or database")
-                metadata.create_all(self.engine)
+                    raise SessionDBError(f"{self.name}: already holds a {kind}; choose a new file or database")
+                self.METADATA.create_all(self.engine)
                 with self.engine.begin() as conn:
                     conn.execute(head_t.insert().values(one=1, last_hash=GENESIS, count=0))
             elif not has:
-                raise SessionDBError(f"{self.name}: not a reading-session database (no session tables)")
+                raise SessionDBError(f"{self.name}: not a {kind} database (no {kind} tables)")
         except OperationalError as exc:
-            raise SessionDBError(f"{self.name}: cannot open the session database "
+            raise SessionDBError(f"{self.name}: cannot open the {kind} database "
                                  f"({' '.join(str(exc.orig).split())[:300]})") from None
         except DatabaseError as exc:
-            raise SessionDBError(f"{self.name}: not a usable session database ({' '.join(str(exc.orig).split())[:300]})") from None
+            raise SessionDBError(f"{self.name}: not a usable {kind} database ({' '.join(str(exc.orig).split())[:300]})") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -43,6 +43,19 @@ def _audit(args) -> int:
 
     if args.db and not _is_review_store(args.db):  # a reading-session database (SQLite file or postgresql:// URL): its own audit chain
         from radreview.review.sessions.db import SessionDB, SessionDBError, is_postgres, is_session_db
+        from radreview.review.shadow import ShadowLedger, is_ledger
+
+        if is_ledger(args.db):  # a shadow ledger: chain plus jobs and results replayed from it
+            try:
+                led = ShadowLedger(args.db)
+            except SessionDBError as exc:
+                raise CliError(str(exc)) from None
+            n, problems = led.verify()
+            if problems:
+                raise CliError(f"audit log of shadow ledger {led.name} FAILED verification ({n} rows): "
+                               + "; ".join(problems))
+            print(f"audit log of shadow ledger {led.name}: {n} rows, hash chain intact, state tables replayed")
+            return 0
 
         if is_postgres(args.db) or is_session_db(args.db):
             try:

@@ -1,0 +1,334 @@
+"""Shadow deployment: ledger, rules, report, and whole runs on real studies with real Dask
+workers (a LocalCluster, and `dask scheduler` + `dask worker` processes on loopback), a worker
+killed with SIGKILL mid-job, PostgreSQL stopped mid-run, and Orthanc's changes feed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, generate_uid
+
+from radreview.review.shadow import ShadowLedger, job_key
+from radreview.review.shadow.report import build_report
+from radreview.review.shadow.rules import RulesError, eligible_models, load_rules
+from tests.pacs_server import abdomen_with_uids
+from tests.pg_server import pg_server, pg_url  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "ct-nodule-2p5d"
+RULES = """
+[[rule]]
+name = "chest CT"
+modality = ["CT"]
+min_slices = 12
+slice_thickness_mm = [0.5, 10.0]
+models = ["ct-nodule-2p5d"]
+"""
+
+
+def cli(*args, timeout=600, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "radreview.viewer.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, env=env)
+
+
+def damaged_copy(src: Path, out: Path, n: int = 12) -> str:
+    """``n`` slices of a real series with a new Series UID whose pixel data cannot be decoded
+    (JPEG 2000 headers followed by zeros): headers pass intake, the load fails."""
+    out.mkdir(parents=True)
+    uid = generate_uid()
+    for f in sorted(src.iterdir())[:n]:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(5000)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.save_as(out / f.name, enforce_file_format=True)
+    return uid
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, data_dir):
+    """A folder of real studies as they arrive: the chest CT in two reconstructions (B40f, B70f),
+    the abdominal CT (with the UIDs it lacks), a damaged series, and a file that is not DICOM."""
+    root = tmp_path_factory.mktemp("arrivals") / "incoming"
+    root.mkdir()
+    for k in ("B40f", "B70f"):
+        shutil.copytree(data_dir / "ct-chest-tumor" / f"series_{k}", root / k)
+    _, _, abd_series = abdomen_with_uids(data_dir, root / "abdomen")
+    bad = damaged_copy(data_dir / "ct-chest-tumor" / "series_B70f", root / "damaged")
+    (root / "notes.txt").write_text("not DICOM")
+    uids = {k: str(pydicom.dcmread(next((root / k).iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+            for k in ("B40f", "B70f")}
+    rules = root.parent / "rules.toml"
+    rules.write_text(RULES)
+    return {"root": root, "uids": uids, "abdomen": abd_series, "damaged": bad, "rules": rules}
+
+
+def test_rules_match_refuse_and_explain(tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text(RULES)
+    rules = load_rules(f)
+    ok, why = eligible_models(rules, {"modality": "CT", "slices": 30, "slice_thickness_mm": 8.0})
+    assert ok == [MODEL] and why == ""
+    none, why = eligible_models(rules, {"modality": "MR", "slices": 5, "slice_thickness_mm": None})
+    assert none == [] and "modality MR not in CT" in why and "5 slice(s), fewer than 12" in why
+    assert "Slice Thickness missing" in why
+    f.write_text('[[rule]]\nname = "x"\nmodels = ["m"]\nbody = "CHEST"\n')
+    with pytest.raises(RulesError, match="unknown key"):
+        load_rules(f)
+    f.write_text("[[rule]\n")
+    with pytest.raises(RulesError, match="not valid TOML"):
+        load_rules(f)
+
+
+def _fake_series(ledger: ShadowLedger, uid: str, sha: str = "a" * 64) -> str:
+    ledger.add_series(uid, f"study-{uid}", {"kind": "files", "files": []}, {"modality": "CT", "study_date": "20260105"},
+                      [(MODEL, sha, "int8")])
+    return job_key(uid, MODEL, sha, "int8")
+
+
+def test_ledger_is_idempotent_and_retries_then_fails(tmp_path):
+    led = ShadowLedger(tmp_path / "l.db", create=True)
+    key = _fake_series(led, "1.2.3")
+    assert _fake_series(led, "1.2.3") == key and len(led.jobs()) == 1  # queued once
+    assert led.start(key)["attempts"] == 1 and led.start(key) is None  # taken once
+    assert led.fail(key, "worker died", retry=True, max_attempts=2) == "queued"
+    assert led.runnable() == []  # back-off
+    assert led.runnable(now=time.time() + 10)[0]["key"] == key
+    led.retry_now()
+    assert led.start(key)["attempts"] == 2
+    assert led.fail(key, "worker died", retry=True, max_attempts=2) == "failed"
+    assert "gave up after 2 attempt(s)" in led.jobs()[0]["reason"]
+    assert led.retry_failed() == 1 and led.start(key)["attempts"] == 1
+    assert led.complete(key, {"probability": 0.7}) is True
+    assert led.complete(key, {"probability": 0.1}) is False  # stored once: the second result is dropped
+    assert led.results() == {key: {"probability": 0.7}}
+    assert led.verify()[1] == []
+    led.close()
+    con = sqlite3.connect(tmp_path / "l.db")
+    con.execute("UPDATE shadow_results SET data = ?", (json.dumps({"probability": 0.01}),))
+    con.commit()
+    con.close()
+    led = ShadowLedger(tmp_path / "l.db")
+    problems = led.verify()[1]
+    assert any("shadow_results" in p and "differs from the audit log in data" in p for p in problems), problems
+    r = cli("audit", "verify", "--db", tmp_path / "l.db")
+    assert r.returncode == 2 and "shadow_results" in r.stderr
+
+
+def test_report_equals_an_independent_computation_on_the_ledger(tmp_path):
+    """60 studies with known outcomes written through the ledger API; the report's AUC, DeLong CI,
+    Wilson intervals, ECE and subgroups are recomputed here from the ledger's own rows."""
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+    from statsmodels.stats.proportion import proportion_confint
+
+    led = ShadowLedger(tmp_path / "l.db", create=True)
+    rng = np.random.default_rng(2)
+    for i in range(60):
+        y = int(i % 3 == 0)
+        p = float(np.clip(rng.normal(0.35 + 0.35 * y, 0.2), 0.001, 0.999))
+        uid = f"1.2.{i}"
+        attrs = {"modality": "CT", "manufacturer": "SIEMENS" if i < 45 else "GE", "study_date": f"202601{1 + i % 20:02d}",
+                 "kernel": "B40f"}
+        led.add_series(uid, f"s{i}", {"kind": "files", "files": []}, attrs, [(MODEL, "a" * 64, "int8")])
+        key = job_key(uid, MODEL, "a" * 64, "int8")
+        led.start(key)
+        led.complete(key, {"probability": round(p, 4), "threshold": 0.5, "positive": round(p, 4) >= 0.5,
+                           "input": {"hu_hist": [1, 2, 3], "spacing_mm": [0.7, 0.7, 2.0]}})
+        led.add_outcome(f"s{i}", bool(y), None, "test")
+    rep = build_report(led)["models"][MODEL]
+    res = led.results()
+    outs = led.outcomes()
+    rows = [(outs[j["study_uid"]]["positive"], res[j["key"]]["probability"]) for j in led.jobs()]
+    y = np.array([int(a) for a, _ in rows])
+    p = np.array([b for _, b in rows])
+    assert rep["n"] == 60 and rep["positives"] == int(y.sum())
+    auc = roc_auc_score(y, p)
+    assert rep["auc"] == pytest.approx(auc, abs=1e-4)
+    # DeLong's variance written out from the kernel matrix, CI on the logit scale
+    pos, neg = p[y == 1], p[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    var = psi.mean(axis=1).var(ddof=1) / len(pos) + psi.mean(axis=0).var(ddof=1) / len(neg)
+    se = np.sqrt(var) / (auc * (1 - auc))
+    lg = np.log(auc / (1 - auc))
+    want = [1 / (1 + np.exp(-(lg - norm.ppf(0.975) * se))), 1 / (1 + np.exp(-(lg + norm.ppf(0.975) * se)))]
+    assert rep["auc_ci95"] == pytest.approx(want, abs=2e-4)
+    d = p >= 0.5
+    tp, fn = int((d & (y == 1)).sum()), int((~d & (y == 1)).sum())
+    assert rep["sensitivity"] == pytest.approx(tp / (tp + fn), abs=1e-4)
+    assert rep["sensitivity_ci95"] == pytest.approx(list(proportion_confint(tp, tp + fn, method="wilson")), abs=1e-4)
+    bins = np.clip((p * 10).astype(int), 0, 9)
+    ece = sum((bins == b).sum() / len(p) * abs(p[bins == b].mean() - y[bins == b].mean()) for b in set(bins))
+    assert rep["ece"] == pytest.approx(ece, abs=1e-4)
+    ge = next(g for g in rep["subgroups"] if g["field"] == "manufacturer" and g["value"] == "GE")
+    si = next(g for g in rep["subgroups"] if g["field"] == "manufacturer" and g["value"] == "SIEMENS")
+    assert ge["n"] == 15 and si["n"] == 45 and si["auc"] == pytest.approx(roc_auc_score(y[:45], p[:45]), abs=1e-4)
+    small = build_report(led, until="2026-01-03")["models"][MODEL]
+    assert small["n"] < 10 and all("reason" in g for g in small["subgroups"])
+    assert len(rep["drift"]) >= 2 and rep["drift"][0]["probability_psi"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _eligible(studies) -> set[str]:
+    return {studies["uids"]["B40f"], studies["uids"]["B70f"], studies["abdomen"], studies["damaged"]}
+
+
+@pytest.mark.slow
+def test_folder_once_two_local_workers_one_outcome_per_series_and_review_json_agrees(tmp_path, studies):
+    db = tmp_path / "ledger.db"
+    r = cli("shadow", "run", "--db", db, "--source", studies["root"], "--rules", studies["rules"], "--workers", 2,
+            "--once", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(cli("shadow", "status", "--db", db, "--json").stdout)
+    by_series = {}
+    for j in st["jobs"]:
+        by_series.setdefault(j["series_instance_uid"], []).append(j)
+    assert set(by_series) == _eligible(studies)
+    assert all(len(v) == 1 and v[0]["state"] in ("done", "failed") for v in by_series.values())
+    dmg = by_series[studies["damaged"]][0]
+    assert dmg["state"] == "failed" and dmg["reason"].startswith("damaged study") and dmg["attempts"] == 1
+    abd = by_series[studies["abdomen"]][0]
+    assert abd["state"] in ("done", "failed") and (abd["state"] == "done" or abd["reason"])
+    skipped = {s.get("path", s.get("series_instance_uid")): s["reason"] for s in st["skipped"]}
+    assert any(k.endswith("notes.txt") and "not a DICOM file" in v for k, v in skipped.items())
+    led = ShadowLedger(db)
+    assert len(led.results()) == sum(j["state"] == "done" for j in st["jobs"]) and led.verify()[1] == []
+    led.close()
+    # the ledger's study probability equals `radreview review --json` on the same series, model, precision
+    rv = cli("review", studies["root"] / "B40f", "--model", MODEL, "--json", "--threads", 1, "--db", tmp_path / "r.db",
+             "--create")
+    assert rv.returncode == 0, rv.stderr
+    want = next(f["probability"] for f in json.loads(rv.stdout)["findings"] if f["id"] == f"{MODEL}:study")
+    assert by_series[studies["uids"]["B40f"]][0]["probability"] == want
+    # running again queues nothing (idempotent); the report works on outcomes from a CSV
+    again = cli("shadow", "run", "--db", db, "--source", studies["root"], "--rules", studies["rules"], "--once")
+    assert again.returncode == 0 and json.loads(again.stdout)["queued"] == 0
+    study = by_series[studies["uids"]["B40f"]][0]["study_instance_uid"]
+    (tmp_path / "o.csv").write_text(f"study_instance_uid,positive,x,y,z\n{study},1,-120,-150,-180\n")
+    assert cli("shadow", "outcomes", "import", "--db", db, tmp_path / "o.csv").returncode == 0
+    rp = cli("shadow", "report", "--db", db, "--out", tmp_path / "rep")
+    assert rp.returncode == 0, rp.stderr
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    m = rep["models"][MODEL]
+    assert m["n"] == 1 and m["auc"] is None and "one outcome class" in m["auc_ci95_reason"]
+    assert any(f["reason"].startswith("damaged study") for f in rep["failures"])
+
+
+def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster():
+    """A real `dask scheduler` and two `dask worker` processes (nanny, 1 thread each) on loopback."""
+    port = _free_port()
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    dask = str(Path(sys.executable).parent / "dask")
+    procs = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env)]
+    addr = f"tcp://127.0.0.1:{port}"
+    for _ in range(2):
+        procs.append(_start([dask, "worker", addr, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                             "--host", "127.0.0.1", "--memory-limit", "6GB"], env))
+    from distributed import Client
+
+    with Client(addr, timeout=60) as c:
+        c.wait_for_workers(2, timeout=90)
+    try:
+        yield addr
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_dask_cluster_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(tmp_path, studies, dask_cluster):
+    from distributed import Client
+
+    db = tmp_path / "ledger.db"
+    run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db), "--source",
+                            str(studies["root"]), "--rules", str(studies["rules"]), "--scheduler", dask_cluster, "--once",
+                            "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    with Client(dask_cluster, timeout=30) as c:
+        t0 = time.monotonic()
+        while killed is None and time.monotonic() - t0 < 120 and run.poll() is None:
+            busy = {w: ks for w, ks in c.processing().items() if ks}
+            if busy:
+                time.sleep(1.0)  # mid-job: fetched and loading or inferring
+                w = next(iter(busy))
+                pid = c.run(os.getpid, workers=[w])[w]
+                os.kill(pid, signal.SIGKILL)
+                killed = w
+            time.sleep(0.2)
+    out, err = run.communicate(timeout=600)
+    assert killed is not None, "no job was ever running"
+    assert run.returncode == 0, err
+    assert "worker died during the job" in err
+    led = ShadowLedger(db)
+    jobs = led.jobs()
+    assert {j["series_uid"] for j in jobs} == _eligible(studies) and len(jobs) == 4
+    assert all(j["state"] in ("done", "failed") for j in jobs)
+    results = led.results()
+    assert set(results) == {j["key"] for j in jobs if j["state"] == "done"}  # one result per done job, none else
+    assert any(j["attempts"] >= 2 for j in jobs)  # the killed job ran again
+    assert led.verify()[1] == []
+    led.close()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_postgresql_stopped_mid_run_the_run_waits_and_resumes(tmp_path, studies, pg_server):  # noqa: F811
+    url = pg_server.create_database(f"shadow_{os.getpid()}")
+    src = tmp_path / "one"
+    shutil.copytree(studies["root"] / "B40f", src / "B40f")
+    run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", url, "--source",
+                            str(src), "--rules", str(studies["rules"]), "--workers", "1", "--once", "--threads", "1"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    started = False
+    while time.monotonic() - t0 < 120 and not started:
+        try:
+            led = ShadowLedger(url)
+            started = any(j["state"] == "running" for j in led.jobs())
+            led.close()
+        except Exception:  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.3)
+    assert started
+    pg_server.halt()
+    time.sleep(12)  # the job finishes while the ledger is down; the driver keeps its result
+    pg_server.resume()
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert "ledger unreachable, waiting" in err
+    led = ShadowLedger(url)
+    jobs = led.jobs()
+    assert [j["state"] for j in jobs] == ["done"] and len(led.results()) == 1
+    assert led.verify()[1] == []
+    led.close()

@@ -40,6 +40,10 @@ __all__ = ["run", "RunSummary", "default_threads", "local_cluster", "ShadowRunEr
 from radreview.studies.errors import RadreviewError
 
 
+#: seconds between re-checks of the installed model packages' hashes during a run
+MODEL_CHECK_S = 5.0
+
+
 class ShadowRunError(RuntimeError, RadreviewError):
     """The run itself cannot proceed (no usable worker, the ledger unreachable for too long)."""
 
@@ -212,7 +216,8 @@ class _Driver:
                     for mid in models:
                         sha = self.models.get(mid) or self.check_model(mid)
                         if sha is None:
-                            self.db(self.ledger.skip, f"{item.series_uid}|{mid}", "series", self.model_errors[mid])
+                            if self.db(self.ledger.skip, f"{item.series_uid}|{mid}", "series", self.model_errors[mid]):
+                                self.summary.skipped += 1
                             continue
                         jobs.append((mid, sha, self.precision))
                     new = self.db(self.ledger.add_series, item.series_uid, item.study_uid, item.source, item.attrs, jobs)
@@ -224,7 +229,7 @@ class _Driver:
     def fail_stale_models(self) -> None:
         for j in self.db(self.ledger.jobs, "queued"):
             mid = j["model_id"]
-            sha = self.models.get(mid) or self.check_model(mid)
+            sha = self.models.get(mid) or (None if mid in self.model_errors else self.check_model(mid))
             if sha is None:
                 self.db(self.ledger.fail_model, mid, j["model_sha256"], self.model_errors[mid])
             elif sha != j["model_sha256"]:
@@ -375,9 +380,14 @@ def run(ledger: ShadowLedger, sources: list, rules: list[Rule], client, job_fn: 
     d.check_workers()
     d.intake(sources, rules)
     d.fail_stale_models()
-    last_poll = time.monotonic()
+    last_poll = last_models = time.monotonic()
     no_worker_since: float | None = None
     while not should_stop():
+        if time.monotonic() - last_models > MODEL_CHECK_S:  # a package changed on disk fails its queued jobs
+            for mid in list(d.models) + list(d.model_errors):
+                d.check_model(mid)
+            d.fail_stale_models()
+            last_models = time.monotonic()
         if d.scheduler_lost():
             for dkey in list(d.inflight):
                 job = d.job_of.pop(dkey)

@@ -332,3 +332,230 @@ def test_postgresql_stopped_mid_run_the_run_waits_and_resumes(tmp_path, studies,
     assert [j["state"] for j in jobs] == ["done"] and len(led.results()) == 1
     assert led.verify()[1] == []
     led.close()
+
+
+def _wait_stable(srv, n_series: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        ch = json.loads(srv.request("/changes?since=0&limit=1000"))
+        if sum(c["ChangeType"] == "StableSeries" for c in ch["Changes"]) >= n_series:
+            return
+        time.sleep(0.3)
+    raise AssertionError("Orthanc never reported the series stable")
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_orthanc_changes_feed_resumes_and_survives_an_orthanc_restart(tmp_path, studies, data_dir):
+    """StableSeries from Orthanc's REST changes feed; the cursor resumes after a restart of the
+    run; Orthanc stopped while a job fetches its series: the job is retried and completes."""
+    from tests.pacs_server import PASSWORD, USER, OrthancServer, orthanc_missing
+
+    why = orthanc_missing()
+    if why:
+        pytest.fail(why)
+    env = {**os.environ, "RADREVIEW_ORTHANC_USER": USER, "RADREVIEW_ORTHANC_PASSWORD": PASSWORD}
+    srv = OrthancServer(tmp_path / "orthanc").start()
+    try:
+        srv.upload(sorted((studies["root"] / "B40f").iterdir()))
+        _wait_stable(srv, 1)
+        db = tmp_path / "ledger.db"
+        src = f"orthanc+{srv.url}"
+        r = cli("shadow", "run", "--db", db, "--source", src, "--rules", studies["rules"], "--workers", 1, "--once",
+                "--threads", 1, env=env)
+        assert r.returncode == 0, r.stderr
+        led = ShadowLedger(db)
+        assert [j["state"] for j in led.jobs()] == ["done"]
+        assert int(led.get_meta(f"cursor:orthanc+{srv.url}")) > 0
+        led.close()
+        again = cli("shadow", "run", "--db", db, "--source", src, "--rules", studies["rules"], "--workers", 1, "--once",
+                    env=env)
+        assert again.returncode == 0 and json.loads(again.stdout)["series_seen"] == 0  # resumed after the cursor
+        # Orthanc goes away while the next series is being fetched
+        srv.upload(sorted((studies["root"] / "B70f").iterdir()))
+        _wait_stable(srv, 2)
+        port = _free_port()
+        dask = str(Path(sys.executable).parent / "dask")
+        sched = _start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"])
+        worker = None
+        try:
+            time.sleep(2)
+            run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db),
+                                    "--source", src, "--rules", str(studies["rules"]), "--scheduler",
+                                    f"tcp://127.0.0.1:{port}", "--once", "--threads", "1"], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 60:
+                led = ShadowLedger(db)
+                queued = [j for j in led.jobs() if j["state"] == "queued"]
+                led.close()
+                if queued:
+                    break
+                time.sleep(0.3)
+            assert queued, "the second series was never queued"
+            srv.stop()
+            worker = _start([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard",
+                             "--host", "127.0.0.1"], env)
+            time.sleep(6)  # the worker joins, its fetch fails, the job waits for its back-off
+            srv.start()
+            out, err = run.communicate(timeout=300)
+        finally:
+            for p in (sched, worker):
+                if p is not None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(timeout=30)
+        assert run.returncode == 0, err
+        assert "fetch failed" in err and "unreachable" in err
+        led = ShadowLedger(db)
+        jobs = led.jobs()
+        assert [j["state"] for j in jobs] == ["done", "done"] and len(led.results()) == 2
+        assert max(j["attempts"] for j in jobs) >= 2
+        led.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_scheduler_killed_and_restarted_the_run_resumes(tmp_path, studies):
+    """`dask worker` processes exit when their scheduler dies (a supervisor restarts them in a
+    deployment; here the test does): the driver requeues the lost tasks and finishes."""
+    src = tmp_path / "two"
+    for k in ("B40f", "B70f"):
+        shutil.copytree(studies["root"] / k, src / k)
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    sched_cmd = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    worker_cmd = [dask, "worker", addr, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+    procs = [_start(sched_cmd, env)]
+    time.sleep(2)
+    procs.append(_start(worker_cmd, env))
+    db = tmp_path / "ledger.db"
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db),
+                                "--source", str(src), "--rules", str(studies["rules"]), "--scheduler", addr, "--once",
+                                "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        running = False
+        while time.monotonic() - t0 < 120 and not running and run.poll() is None:
+            if db.exists():
+                led = ShadowLedger(db)
+                running = any(j["state"] == "running" for j in led.jobs())
+                led.close()
+            time.sleep(0.3)
+        assert running
+        time.sleep(1.0)
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        time.sleep(3)
+        procs.append(_start(sched_cmd, env))
+        time.sleep(2)
+        procs.append(_start(worker_cmd, env))
+        out, err = run.communicate(timeout=400)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+    assert run.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["requeued"] >= 1
+    led = ShadowLedger(db)
+    jobs = led.jobs()
+    assert [j["state"] for j in jobs] == ["done", "done"] and len(led.results()) == 2
+    assert led.verify()[1] == []
+    led.close()
+
+
+TEST_MODEL = "shadow-test-nodule"
+
+
+def _model_copy(folder: Path) -> Path:
+    """The shipped nodule package under another id (a user package, as a centre would install)."""
+    from radreview.inference.package import load_package
+
+    src = load_package(MODEL).root
+    dst = folder / TEST_MODEL
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "model.json").read_text())
+    meta["id"] = TEST_MODEL
+    (dst / "model.json").write_text(json.dumps(meta, indent=1))
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_worker_without_the_model_is_refused_and_a_changed_package_fails_its_jobs(tmp_path, studies):
+    models = tmp_path / "models"
+    pkg = _model_copy(models)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES.replace(MODEL, TEST_MODEL))
+    src = tmp_path / "two"
+    for k in ("B40f", "B70f"):
+        shutil.copytree(studies["root"] / k, src / k)
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    with_model = {**os.environ, "RADREVIEW_MODELS_PATH": str(models)}
+    without = {k: v for k, v in os.environ.items() if k != "RADREVIEW_MODELS_PATH"}
+    procs = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"])]
+    time.sleep(2)
+    wcmd = [dask, "worker", addr, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+    procs += [_start(wcmd, with_model), _start(wcmd, without)]
+    db = tmp_path / "ledger.db"
+    try:
+        from distributed import Client
+
+        with Client(addr, timeout=60) as c:
+            c.wait_for_workers(2, timeout=90)
+            pids = c.run(os.getpid)
+            env_of = c.run(lambda: os.environ.get("RADREVIEW_MODELS_PATH", ""))
+        good = next(a for a, v in env_of.items() if v)
+        r = cli("shadow", "run", "--db", db, "--source", src, "--rules", rules, "--scheduler", addr, "--once",
+                "--threads", 1, env=with_model)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        bad = [a for a in pids if a != good]
+        assert list(summary["refused_workers"]) == bad and "not usable on this worker" in summary["refused_workers"][bad[0]]
+        led = ShadowLedger(db)
+        assert {led.results()[j["key"]]["worker"] for j in led.jobs()} == {good}
+        led.close()
+        # the package changes on disk while new jobs wait for a worker: they fail with that reason
+        for p in procs[1:]:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+        more = tmp_path / "more"
+        damaged_copy(studies["root"] / "B40f", more / "x", n=14)  # a third series (its content does not matter)
+        run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db),
+                                "--source", str(more), "--rules", str(rules), "--scheduler", addr, "--once",
+                                "--worker-wait", "60"], cwd=ROOT, env=with_model, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            led = ShadowLedger(db)
+            queued = [j for j in led.jobs() if j["state"] == "queued"]
+            led.close()
+            if queued:
+                break
+            time.sleep(0.3)
+        assert queued
+        onnx = next(pkg.glob("*.onnx"))
+        onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        led = ShadowLedger(db)
+        failed = [j for j in led.jobs() if j["state"] == "failed"]
+        assert len(failed) == 1 and f"model {TEST_MODEL} refused" in failed[0]["reason"]
+        assert "SHA-256" in failed[0]["reason"] or "sha256" in failed[0]["reason"].lower()
+        led.close()
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)

@@ -82,7 +82,7 @@ def _run(args) -> int:
         summary = run(ledger, sources, rules, client, run_job, worker_check, once=args.once, precision=args.precision,
                       threads=args.threads, lease_s=args.lease, max_attempts=args.max_attempts, poll_s=args.poll,
                       publish=args.publish, log=lambda s: print(f"radreview: shadow: {s}", file=sys.stderr),
-                      should_stop=lambda: stop["now"])
+                      should_stop=lambda: stop["now"], worker_wait_s=args.worker_wait)
         client.close()
     finally:
         if cluster is not None:
@@ -188,6 +188,8 @@ def add_subparser(sub) -> None:
     r.add_argument("--max-attempts", type=int, default=5, help="attempts before a job fails for good")
     r.add_argument("--poll", type=float, default=10.0, help="seconds between source polls (without --once)")
     r.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to reach --scheduler")
+    r.add_argument("--worker-wait", type=float, default=120.0,
+                   help="with --once: seconds to wait for a worker that can run the queued jobs before giving up")
     r.set_defaults(func=_run)
 
     t = ss.add_parser("status", help="jobs, skipped series and counts (no report)")

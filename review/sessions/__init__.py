@@ -6,8 +6,8 @@ audit log, and :mod:`~radreview.review.sessions.report` for the metrics and figu
 """
 
 from .core import (DEFAULT_QUESTION, MODES, POSITIVE_SCORE, Read, ReadingSession, SessionError, ai_result_from_run,
-                   read_cases_csv, read_truth_csv, run_ai)
+                   read_cases_csv, read_truth_csv, run_ai, ai_from_ledger)
 from .db import SessionDB, SessionDBError, is_session_db
 
 __all__ = ["DEFAULT_QUESTION", "MODES", "POSITIVE_SCORE", "Read", "ReadingSession", "SessionError", "SessionDB",
-           "SessionDBError", "ai_result_from_run", "is_session_db", "read_cases_csv", "read_truth_csv", "run_ai"]
+           "SessionDBError", "ai_from_ledger", "ai_result_from_run", "is_session_db", "read_cases_csv", "read_truth_csv", "run_ai"]

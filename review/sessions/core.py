@@ -669,3 +669,47 @@ def run_ai(session: ReadingSession, run_models, open_volume, only_missing: bool 
         if progress:
             progress(cid)
     return todo
+
+
+def ai_from_ledger(session: ReadingSession, ledger, only_missing: bool = True) -> tuple[list[str], list[str]]:
+    """Take the session's AI results from a shadow-deployment ledger instead of recomputing them.
+
+    For each case (without results, unless ``only_missing`` is False) the case's image series is
+    found by its Series Instance UID (:func:`radreview.studies.scan`) and, for each session model,
+    the ledger's stored result of that series and model is stored as the case's AI result (with
+    ``"source": "shadow ledger"``), exactly as ``run-ai`` would store it; nothing reaches a reader
+    before the protocol allows (:meth:`ReadingSession.reveal`). Returns ``(cases taken, cases
+    the ledger has no result for)``.
+    """
+    from radreview.studies import scan
+
+    results = ledger.results()
+    by_series: dict[tuple[str, str], dict] = {}
+    for j in ledger.jobs("done"):
+        if j["key"] in results:
+            by_series[(j["series_uid"].split("#")[0], j["model_id"])] = results[j["key"]]
+    todo = session.cases_without_ai() if only_missing else [c["case_id"] for c in session.cases()]
+    taken, missing = [], []
+    for cid in todo:
+        res = scan(session.case_path(cid))
+        try:
+            uids = [e.series_instance_uid for e in res.volumes if e.series_instance_uid]
+        finally:
+            res.cleanup()
+        found = {}
+        for mid in session.models:
+            r = next((by_series[(u, mid)] for u in uids if (u, mid) in by_series), None)
+            if r is not None and r.get("probability") is not None:
+                found[mid] = r
+        if len(found) < len(session.models):
+            missing.append(cid)
+            continue
+        for mid, r in found.items():
+            session.store_ai(cid, mid, {
+                "model": mid, "version": r.get("version"), "probability": r["probability"], "threshold": r["threshold"],
+                "positive": bool(r["positive"]), "seconds": (r.get("timings") or {}).get("infer_s"),
+                "findings": [{k: f[k] for k in ("center_lps", "size_mm", "probability") if k in f}
+                             for f in r.get("findings", [])],
+                "source": "shadow ledger"})
+        taken.append(cid)
+    return taken, missing

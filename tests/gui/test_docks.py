@@ -19,7 +19,7 @@ def test_builtin_docks_come_from_the_registry(qtbot):
     assert win.docks["ai"].widget() is win.ai_panel
     assert win.docks["review"].widget() is win.review_panel
     assert win.measure_dock is win.docks["measure"]
-    assert win.tabifiedDockWidgets(win.docks["review"]) == [win.docks["measure"]]
+    assert win.tabifiedDockWidgets(win.docks["review"]) == [win.docks["measure"], win.docks["shadow"]]
     assert win.compare_panel.dock is win.docks["compare"]
     win.show()
     qtbot.waitExposed(win)

@@ -15,7 +15,8 @@ def test_browser_lists_series_and_loads(window):
     assert study.childCount() == 1
     row = study.child(0)
     assert row.text(3) == "CT" and row.text(4) == "20"
-    assert "Slice Thickness" in row.text(5)  # the warning is shown, not hidden
+    assert "Slice Thickness" in row.text(6)  # the warning is shown, not hidden
+    assert row.text(5) == ""  # no shadow deployment knows this series
     assert window.model.volume.size == (512, 512, 20)
     assert not window.progress.isVisible()
 

@@ -224,6 +224,20 @@ def test_folder_once_two_local_workers_one_outcome_per_series_and_review_json_ag
     m = rep["models"][MODEL]
     assert m["n"] == 1 and m["auc"] is None and "one outcome class" in m["auc_ci95_reason"]
     assert any(f["reason"].startswith("damaged study") for f in rep["failures"])
+    # a shadow-mode reading session takes its AI from the ledger; readers still never see it
+    (tmp_path / "cases.csv").write_text(f"case_id,path\nc1,{studies['root'] / 'B40f'}\nc2,{studies['root'] / 'B70f'}\n")
+    assert cli("session", "create", tmp_path / "s.db", "--cases", tmp_path / "cases.csv", "--readers", "a",
+               "--mode", "shadow").returncode == 0
+    took = cli("session", "run-ai", tmp_path / "s.db", "--from-ledger", db)
+    assert took.returncode == 0, took.stderr
+    assert json.loads(took.stdout)["from_ledger"] == 2
+    from radreview.review.sessions import ReadingSession
+
+    s = ReadingSession(tmp_path / "s.db")
+    assert s.ai_results()["c1"][MODEL]["probability"] == want and s.ai_results()["c1"][MODEL]["source"] == "shadow ledger"
+    s.close()
+    blind = cli("session", "reveal", tmp_path / "s.db", "--reader", "a", "--case", "c1")
+    assert blind.returncode == 2 and str(want) not in blind.stdout + blind.stderr
 
 
 def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:

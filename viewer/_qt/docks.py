@@ -116,6 +116,14 @@ def _measure(win) -> QWidget:
     return win.measure_panel
 
 
+def _shadow(win) -> QWidget:
+    from .shadow_panel import ShadowPanel
+
+    win.shadow_panel = ShadowPanel()
+    win.shadow_panel.summary_ready.connect(lambda s: win.browser.set_shadow_state(s["series_state"]))
+    return win.shadow_panel
+
+
 def _edit(win) -> QWidget:
     from .compare_panel import install_edit
 
@@ -145,6 +153,8 @@ def _register_builtin() -> None:
         DockSpec("ai", "AI", Qt.RightDockWidgetArea, _ai, order=20),
         DockSpec("review", "Review", Qt.RightDockWidgetArea, _review, order=30),
         DockSpec("measure", "Measurements", Qt.RightDockWidgetArea, _measure, order=40, tabify_with="review"),
+        # read-only: a shadow deployment's queue, failures and latest report (no study's AI answer)
+        DockSpec("shadow", "Shadow", Qt.RightDockWidgetArea, _shadow, order=45, tabify_with="review"),
         # under the study browser, which needs little height
         DockSpec("edit", "Edit", Qt.LeftDockWidgetArea, _edit, order=50),
         # the metrics table is wide (14 columns); the review table is the product's main panel, so

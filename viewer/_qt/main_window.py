@@ -53,7 +53,9 @@ class SeriesBrowser(QTreeWidget):
     """
 
     series_chosen = Signal(object)
-    COLUMNS = ["Patient", "Study", "Series", "Modality", "Images", "Warnings"]
+    COLUMNS = ["Patient", "Study", "Series", "Modality", "Images", "Shadow", "Warnings"]
+    #: the Shadow column: a series' shadow-deployment job state, never its AI answer
+    SHADOW_TEXT = {"done": "result stored", "failed": "failed", "queued": "queued", "running": "running"}
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -62,6 +64,7 @@ class SeriesBrowser(QTreeWidget):
         self.setRootIsDecorated(True)
         self.setAlternatingRowColors(True)
         self.entries: list[SeriesEntry] = []
+        self.shadow_state: dict[str, str] = {}
         self.itemActivated.connect(self._activated)
         self.itemDoubleClicked.connect(self._activated)
 
@@ -73,7 +76,8 @@ class SeriesBrowser(QTreeWidget):
             info = entry.info
             skey = entry.study_instance_uid or info.study_date or "study"
             if skey not in studies:
-                top = QTreeWidgetItem([info.patient_name or "(anonymous)", f"{info.study_date} {info.study_description}".strip(), "", "", "", ""])
+                top = QTreeWidgetItem([info.patient_name or "(anonymous)", f"{info.study_date} {info.study_description}".strip(),
+                                       "", "", "", "", ""])
                 self.addTopLevelItem(top)
                 studies[skey] = top
             desc = entry.description or "(no description)"
@@ -81,17 +85,35 @@ class SeriesBrowser(QTreeWidget):
                 desc += f" [{entry.stack_label}]"
             if entry.kind != "volume":
                 desc += f" ({entry.sop_class_name})"
-            item = QTreeWidgetItem(["", "", desc, entry.modality, str(len(entry.frames) or len(entry.files)),
+            item = QTreeWidgetItem(["", "", desc, entry.modality, str(len(entry.frames) or len(entry.files)), "",
                                     "; ".join(entry.warnings)])
             item.setData(0, Qt.UserRole, self.entries.index(entry))
             if entry.warnings:
-                item.setToolTip(5, "\n".join(entry.warnings))
+                item.setToolTip(6, "\n".join(entry.warnings))
             if not entry.is_volume:
                 item.setDisabled(True)
             studies[skey].addChild(item)
         self.expandAll()
+        self._mark_shadow()
         for c in range(len(self.COLUMNS)):
             self.resizeColumnToContents(c)
+
+    def set_shadow_state(self, states: dict[str, str]) -> None:
+        """Mark each listed series with its shadow-deployment job state (``{Series UID: state}``)."""
+        self.shadow_state = dict(states)
+        self._mark_shadow()
+        self.resizeColumnToContents(5)
+
+    def _mark_shadow(self) -> None:
+        for i in range(self.topLevelItemCount()):
+            top = self.topLevelItem(i)
+            for j in range(top.childCount()):
+                item = top.child(j)
+                entry = self.entries[item.data(0, Qt.UserRole)]
+                state = self.shadow_state.get(entry.series_instance_uid)
+                item.setText(5, self.SHADOW_TEXT.get(state, "") if state else "")
+                item.setToolTip(5, "A shadow deployment ran the AI on this series; its answer is not shown here"
+                                if state == "done" else "")
 
     def item_for(self, entry: SeriesEntry) -> QTreeWidgetItem | None:
         idx = self.entries.index(entry)

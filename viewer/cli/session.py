@@ -67,6 +67,20 @@ def _run_ai(args) -> int:
     from radreview.viewer.workflow import run_models
 
     s = _open(args.db)
+    if args.from_ledger:
+        from radreview.review.sessions import ai_from_ledger
+        from radreview.review.shadow import LedgerError, ShadowLedger
+
+        try:
+            led = ShadowLedger(args.from_ledger)
+        except LedgerError as exc:
+            raise CliError(str(exc)) from None
+        try:
+            taken, missing = ai_from_ledger(s, led, only_missing=not args.all)
+        finally:
+            led.close()
+        print(json.dumps({"cases_run": 0, "from_ledger": len(taken), "missing": missing, "models": s.models}))
+        return 0
     try:
         done = run_ai(s, run_models, open_volume, only_missing=not args.all,
                       progress=lambda cid: print(f"radreview: AI done on case {cid}", file=sys.stderr))
@@ -204,6 +218,8 @@ def add_subparser(sub) -> None:
     a = ss.add_parser("run-ai", help="run the session's models on every case; results stay in the store")
     a.add_argument("db")
     a.add_argument("--all", action="store_true", help="re-run cases that already have results")
+    a.add_argument("--from-ledger", default=None,
+                   help="take the results from a shadow-deployment ledger (radreview shadow run) instead of running")
     a.set_defaults(func=_run_ai)
 
     r = ss.add_parser("record", help="record the reader's current read of a case")

@@ -63,10 +63,7 @@ class PgServer:
                       "--no-sync", "-E", "UTF8", check=False)
         if r.returncode:
             raise RuntimeError(f"initdb failed: {r.stderr.strip()[-500:]}")
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.tmp} "
-                "-c fsync=on -c max_connections=40 -c shared_buffers=16MB")
-        r = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.tmp / "server.log"),
-                      "-w", "-t", "60", "start", check=False)
+        r = self._pg_ctl_start()
         if r.returncode:
             log = (self.tmp / "server.log").read_text()[-800:] if (self.tmp / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-300:]} {log}")
@@ -88,12 +85,15 @@ class PgServer:
         """Stop the server now (``-m immediate``), keeping its data, as an outage would."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
 
-    def resume(self) -> None:
-        """Start the halted server again on the same port and data."""
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess:
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.tmp} "
                 "-c fsync=on -c max_connections=40 -c shared_buffers=16MB")
-        r = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.tmp / "server.log"),
-                      "-w", "-t", "60", "start", check=False)
+        return self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.tmp / "server.log"),
+                         "-w", "-t", "60", "start", check=False)
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port and data."""
+        r = self._pg_ctl_start()
         if r.returncode:
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-300:]}")
 

@@ -42,6 +42,8 @@ from radreview.studies.errors import RadreviewError
 
 #: seconds between re-checks of the installed model packages' hashes during a run
 MODEL_CHECK_S = 5.0
+#: jobs handed to the cluster per task slot (the running one and the next)
+PREFETCH = 2
 
 
 class ShadowRunError(RuntimeError, RadreviewError):
@@ -238,7 +240,8 @@ class _Driver:
                         f"is {sha[:12]} (it changed: queue the series again for the new package)")
 
     def submit(self) -> None:
-        capacity = sum(self.ok_workers.values()) - len(self.inflight)
+        # one job ahead per task slot, so a worker never idles while its next job is handed over
+        capacity = PREFETCH * sum(self.ok_workers.values()) - len(self.inflight)
         if capacity <= 0:
             return
         for j in self.db(self.ledger.runnable, None, capacity * 2):

@@ -1,18 +1,22 @@
 """Shadow deployment throughput and overheads, all in one run on this machine.
 
-Usage: ``python -m benchmarks.bench_shadow [--studies 8] [--model ct-nodule-2p5d] [--pg]``
+Usage: ``python -m benchmarks.bench_shadow [--studies 8] [--repeats 3] [--model ct-nodule-2p5d] [--pg]``
 
 Input: ``--studies`` real chest CT series (ct-chest-tumor B40f and B70f, 512x512x30, copied with
 new Study/Series UIDs so each is a study of its own) in a temporary folder. Measured, each as the
 whole ``radreview shadow run --once`` command a user runs (start-up, cluster, intake, jobs):
 
 - **plain loop**: the same studies opened and run one after another by a fresh Python process
-  (imports included) with 1 and with 2 ONNX Runtime threads (``open_volume`` + ``run_models``),
-  no Dask, no ledger: the baseline;
-- **1 worker x 1 thread**, **1 worker x 2 threads** and **2 workers x 1 thread** (LocalCluster):
-  studies per hour, core-seconds per study (from the ledger), p50 / p95 latency from "queued"
-  to "result stored", Dask's overhead against the plain loop with the same threads, and the
-  2-worker speed-up against each one-worker run;
+  (imports included) with 1 ONNX Runtime thread (``open_volume`` + ``run_models``), no Dask, no
+  ledger: the baseline;
+- **two plain loops in parallel**, each on half of the studies: what two jobs at once can gain
+  on this machine without Dask (the ceiling for the 2-worker speed-up);
+- **1 worker x 1 thread** and **2 workers x 1 thread** (LocalCluster): studies per hour,
+  core-seconds per study (from the ledger), p50 / p95 latency from "queued" to "result stored",
+  Dask's overhead against the plain loop, and the 2-worker speed-up;
+
+They run in turn, ``--repeats`` rounds; medians are reported with every wall time (this
+machine's speed drifts by 10-20 % over minutes, so only an interleaved comparison is fair).
 - **ledger operations per second** (add series + start + complete, one transaction each) on
   SQLite and, with ``--pg``, on a throw-away PostgreSQL (``tests/pg_server.py``);
 - peak RSS of the driver (the workers are separate processes).
@@ -71,6 +75,18 @@ def plain_loop(folders: list[Path], model: str, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def plain_two_processes(folders: list[Path], model: str) -> float:
+    """The machine's own ceiling for two jobs at once: two plain loops in parallel, each on half
+    of the studies (no Dask)."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", _LOOP, model, "1", *map(str, folders[k::2])], cwd=ROOT)
+             for k in range(2)]
+    for p in procs:
+        if p.wait():
+            raise SystemExit("plain loop failed")
+    return time.perf_counter() - t0
+
+
 def shadow_run(src: Path, db: Path, model: str, workers: int, threads: int) -> dict:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db), "--source",
@@ -116,29 +132,41 @@ def ledger_ops(db: str, n: int = 200) -> float:
     return round(3 * n / dt, 1)
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time, with every run's wall time beside it."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    return {**ordered[len(ordered) // 2], "wall_s_all": [r["wall_s"] for r in runs]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--studies", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each round runs loop, 1 worker, 2 workers in turn")
     ap.add_argument("--model", default="ct-nodule-2p5d")
     ap.add_argument("--pg", action="store_true", help="also time the ledger on a throw-away PostgreSQL")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     try:
         folders = make_studies(tmp / "incoming", args.studies)
-        plain_loop(folders[:1], args.model, 2)  # warm the page cache and the model files once
-        loop1 = plain_loop(folders, args.model, 1)
-        loop2 = plain_loop(folders, args.model, 2)
-        one1 = shadow_run(tmp / "incoming", tmp / "one1.db", args.model, 1, 1)
-        one2 = shadow_run(tmp / "incoming", tmp / "one2.db", args.model, 1, 2)
-        two = shadow_run(tmp / "incoming", tmp / "two.db", args.model, 2, 1)
-        out = {"studies": args.studies, "model": args.model,
-               "plain_loop_1_thread": {"wall_s": round(loop1, 2), "studies_per_hour": round(args.studies / loop1 * 3600, 1)},
-               "plain_loop_2_threads": {"wall_s": round(loop2, 2), "studies_per_hour": round(args.studies / loop2 * 3600, 1)},
-               "one_worker_1_thread": one1, "one_worker_2_threads": one2, "two_workers_1_thread": two,
-               "dask_overhead_vs_loop_1_thread": round(one1["wall_s"] / loop1 - 1, 3),
-               "dask_overhead_vs_loop_2_threads": round(one2["wall_s"] / loop2 - 1, 3),
-               "speedup_two_workers_vs_one_worker_1_thread": round(one1["wall_s"] / two["wall_s"], 2),
-               "speedup_two_workers_vs_one_worker_2_threads": round(one2["wall_s"] / two["wall_s"], 2),
+        plain_loop(folders[:1], args.model, 1)  # warm the page cache and the model files once
+        loops, pairs, ones, twos = [], [], [], []
+        for k in range(args.repeats):  # interleaved, so a slow spell of the machine hits all alike
+            loops.append(plain_loop(folders, args.model, 1))
+            pairs.append(plain_two_processes(folders, args.model))
+            ones.append(shadow_run(tmp / "incoming", tmp / f"one{k}.db", args.model, 1, 1))
+            twos.append(shadow_run(tmp / "incoming", tmp / f"two{k}.db", args.model, 2, 1))
+        loop_s = statistics.median(loops)
+        one, two = _median_run(ones), _median_run(twos)
+        out = {"studies": args.studies, "model": args.model, "repeats": args.repeats,
+               "plain_loop_1_thread": {"wall_s": round(loop_s, 2), "wall_s_all": [round(x, 2) for x in loops],
+                                       "studies_per_hour": round(args.studies / loop_s * 3600, 1)},
+               "plain_two_processes": {"wall_s": round(statistics.median(pairs), 2),
+                                       "wall_s_all": [round(x, 2) for x in pairs]},
+               "one_worker_1_thread": one, "two_workers_1_thread": two,
+               "dask_overhead_vs_loop": round(one["wall_s"] / loop_s - 1, 3),
+               "dask_overhead_two_workers_vs_two_processes": round(two["wall_s"] / statistics.median(pairs) - 1, 3),
+               "speedup_two_workers_vs_one": round(one["wall_s"] / two["wall_s"], 2),
+               "speedup_two_processes_vs_loop": round(loop_s / statistics.median(pairs), 2),
                "ledger_ops_per_s": {"sqlite": ledger_ops(str(tmp / "ops.db"))}}
         if args.pg:
             sys.path.insert(0, str(ROOT))

@@ -245,6 +245,18 @@ def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _kill_all(procs) -> None:
+    """SIGKILL each process group started by :func:`_start` (none outlives its test)."""
+    for p in procs:
+        if p is None:
+            continue
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=30)
+
+
 def _free_port() -> int:
     import socket
 
@@ -271,12 +283,7 @@ def dask_cluster():
     try:
         yield addr
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
+        _kill_all(procs)
 
 
 @pytest.mark.slow
@@ -336,7 +343,7 @@ def test_postgresql_stopped_mid_run_the_run_waits_and_resumes(tmp_path, studies,
         time.sleep(0.3)
     assert started
     pg_server.halt()
-    time.sleep(12)  # the job finishes while the ledger is down; the driver keeps its result
+    time.sleep(60)  # a minute without the ledger: the job finishes meanwhile, the driver keeps its result
     pg_server.resume()
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err
@@ -414,10 +421,7 @@ def test_orthanc_changes_feed_resumes_and_survives_an_orthanc_restart(tmp_path, 
             srv.start()
             out, err = run.communicate(timeout=300)
         finally:
-            for p in (sched, worker):
-                if p is not None:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(timeout=30)
+            _kill_all([sched, worker])
         assert run.returncode == 0, err
         assert "fetch failed" in err and "unreachable" in err
         led = ShadowLedger(db)
@@ -469,12 +473,7 @@ def test_scheduler_killed_and_restarted_the_run_resumes(tmp_path, studies):
         procs.append(_start(worker_cmd, env))
         out, err = run.communicate(timeout=400)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
+        _kill_all(procs)
     assert run.returncode == 0, err
     summary = json.loads(out)
     assert summary["requeued"] >= 1
@@ -539,9 +538,7 @@ def test_worker_without_the_model_is_refused_and_a_changed_package_fails_its_job
         assert {led.results()[j["key"]]["worker"] for j in led.jobs()} == {good}
         led.close()
         # the package changes on disk while new jobs wait for a worker: they fail with that reason
-        for p in procs[1:]:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
+        _kill_all(procs[1:])
         more = tmp_path / "more"
         damaged_copy(studies["root"] / "B40f", more / "x", n=14)  # a third series (its content does not matter)
         run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db),
@@ -567,9 +564,80 @@ def test_worker_without_the_model_is_refused_and_a_changed_package_fails_its_job
         assert "SHA-256" in failed[0]["reason"] or "sha256" in failed[0]["reason"].lower()
         led.close()
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
+        _kill_all(procs)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_dicom_node_over_a_date_range_with_results_published_back_as_sr(tmp_path, studies):
+    """A retrospective run: C-FIND of the studies since a date, C-GET by the worker; --publish
+    sends the result back to the node as DICOM SR, nothing is sent without it."""
+    from tests.pacs_server import SCP_AET, OrthancServer, orthanc_missing
+
+    why = orthanc_missing()
+    if why:
+        pytest.fail(why)
+    srv = OrthancServer(tmp_path / "orthanc", modalities={SCP_AET: _free_port()}).start()
+    try:
+        srv.upload(sorted((studies["root"] / "B40f").iterdir()))
+        src = f"dicom://{srv.aet}@127.0.0.1:{srv.dicom_port}"
+        # series-level C-FIND gives no Slice Thickness: a rule on it does not match, and says why
+        thick = cli("shadow", "run", "--db", tmp_path / "l0.db", "--source", src, "--since", "2000-01-01", "--rules",
+                    studies["rules"], "--workers", 1, "--once")
+        assert thick.returncode == 0, thick.stderr
+        led = ShadowLedger(tmp_path / "l0.db")
+        assert led.jobs() == [] and "Slice Thickness missing" in led.skipped()[0]["reason"]
+        led.close()
+        rules = tmp_path / "rules.toml"
+        rules.write_text(RULES.replace("slice_thickness_mm = [0.5, 10.0]\n", ""))
+        db = tmp_path / "ledger.db"
+        r = cli("shadow", "run", "--db", db, "--source", src, "--since", "2000-01-01", "--rules", rules,
+                "--workers", 1, "--once", "--threads", 1)
+        assert r.returncode == 0, r.stderr
+        led = ShadowLedger(db)
+        assert [j["state"] for j in led.jobs()] == ["done"]
+        led.close()
+        assert len(json.loads(srv.request("/series"))) == 1  # silent: nothing was sent back
+        none = cli("shadow", "run", "--db", tmp_path / "l2.db", "--source", src, "--since", "2030-01-01", "--rules",
+                   rules, "--workers", 1, "--once")
+        assert none.returncode == 0 and json.loads(none.stdout)["series_seen"] == 0  # outside the date range
+        pub = cli("shadow", "run", "--db", tmp_path / "l3.db", "--source", src, "--since", "2000-01-01", "--rules",
+                  rules, "--workers", 1, "--once", "--threads", 1, "--publish")
+        assert pub.returncode == 0, pub.stderr
+        series = [json.loads(srv.request(f"/series/{i}"))["MainDicomTags"] for i in json.loads(srv.request("/series"))]
+        assert sorted(s.get("Modality") for s in series) == ["CT", "SR"]
+        led = ShadowLedger(tmp_path / "l3.db")
+        assert next(iter(led.results().values()))["published_sr"]
+        led.close()
+        refused = cli("shadow", "run", "--db", tmp_path / "l4.db", "--source", studies["root"], "--publish", "--once")
+        assert refused.returncode == 2 and "--publish" in refused.stderr
+    finally:
+        srv.stop()
+
+
+def test_outcomes_from_a_reading_session_and_from_signed_off_reviews(tmp_path, data_dir):
+    from radreview.review.vocabulary import Decision
+    from radreview.review.sessions import ReadingSession
+    from radreview.review.shadow.outcomes import import_reviews, import_session
+    from radreview.review.store import ReviewStore
+
+    chest = data_dir / "ct-chest-tumor"
+    study = str(pydicom.dcmread(next((chest / "series_B40f").iterdir()), stop_before_pixels=True).StudyInstanceUID)
+    led = ShadowLedger(tmp_path / "l.db", create=True)
+    s = ReadingSession.create(tmp_path / "s.db", [{"case_id": "c1", "path": str(chest / "series_B40f")}],
+                              ["a", "b", "c"], "shadow", models=[])
+    for rd, score in (("a", 80), ("b", 20), ("c", 70)):
+        s.record(rd, "c1", score=score, lock=True)
+    s.close()
+    assert import_session(led, str(tmp_path / "s.db")) == 1
+    assert led.outcomes()[study]["positive"] is True  # 2 of 3 readers positive
+    store = ReviewStore(tmp_path / "r.db", create=True)
+    key = "study:9.9.9"
+    store.save_findings(key, [{"id": f"{MODEL}:study", "name": "study", "probability": 0.9, "operating_threshold": 0.5}])
+    store.record_decision(key, f"{MODEL}:study", Decision.REJECT, "dr x", reason="a vessel")
+    store.record_signoff(key, "dr x", [{"id": f"{MODEL}:study"}])
+    store.close()
+    assert import_reviews(led, str(tmp_path / "r.db")) == 1
+    assert led.outcomes()["9.9.9"]["positive"] is False  # the AI's positive was rejected
+    assert led.verify()[1] == []
+    led.close()

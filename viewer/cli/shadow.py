@@ -70,7 +70,7 @@ def _run(args) -> int:
             except OSError as exc:
                 raise CliError(f"{args.scheduler}: cannot reach the Dask scheduler ({exc})") from None
         else:
-            cluster = local_cluster(args.workers or 1)
+            cluster = local_cluster(args.workers or 1, args.threads)
             client = Client(cluster)
         stop = {"now": False}
 

@@ -115,7 +115,12 @@ class ShadowLedger(SessionDB):
 
     def __init__(self, db: str | os.PathLike, create: bool = False) -> None:
         exists = is_ledger(db)
-        super().__init__(db, create=create and not exists)
+        try:
+            super().__init__(db, create=create and not exists)
+        except LedgerError:
+            raise
+        except SessionDBError as exc:
+            raise LedgerError(str(exc)) from None
         if create and not exists:
             with self.write() as conn:
                 conn.execute(shadow_meta_t.insert().values(key="created", value=now_utc()))

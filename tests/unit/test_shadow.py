@@ -245,6 +245,20 @@ def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _jobs_now(db) -> list[dict]:
+    """The ledger's jobs as a running driver has written them so far ([] while it is being created)."""
+    from radreview.review.shadow import LedgerError
+
+    try:
+        led = ShadowLedger(db)
+    except LedgerError:
+        return []
+    try:
+        return led.jobs()
+    finally:
+        led.close()
+
+
 def _kill_all(procs) -> None:
     """SIGKILL each process group started by :func:`_start` (none outlives its test)."""
     for p in procs:
@@ -334,12 +348,7 @@ def test_postgresql_stopped_mid_run_the_run_waits_and_resumes(tmp_path, studies,
     t0 = time.monotonic()
     started = False
     while time.monotonic() - t0 < 120 and not started:
-        try:
-            led = ShadowLedger(url)
-            started = any(j["state"] == "running" for j in led.jobs())
-            led.close()
-        except Exception:  # noqa: BLE001 - not created yet
-            pass
+        started = any(j["state"] == "running" for j in _jobs_now(url))
         time.sleep(0.3)
     assert started
     pg_server.halt()
@@ -407,9 +416,7 @@ def test_orthanc_changes_feed_resumes_and_survives_an_orthanc_restart(tmp_path, 
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 60:
-                led = ShadowLedger(db)
-                queued = [j for j in led.jobs() if j["state"] == "queued"]
-                led.close()
+                queued = [j for j in _jobs_now(db) if j["state"] == "queued"]
                 if queued:
                     break
                 time.sleep(0.3)
@@ -458,10 +465,7 @@ def test_scheduler_killed_and_restarted_the_run_resumes(tmp_path, studies):
         t0 = time.monotonic()
         running = False
         while time.monotonic() - t0 < 120 and not running and run.poll() is None:
-            if db.exists():
-                led = ShadowLedger(db)
-                running = any(j["state"] == "running" for j in led.jobs())
-                led.close()
+            running = any(j["state"] == "running" for j in _jobs_now(db))
             time.sleep(0.3)
         assert running
         time.sleep(1.0)
@@ -547,9 +551,7 @@ def test_worker_without_the_model_is_refused_and_a_changed_package_fails_its_job
                                stderr=subprocess.PIPE, text=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:
-            led = ShadowLedger(db)
-            queued = [j for j in led.jobs() if j["state"] == "queued"]
-            led.close()
+            queued = [j for j in _jobs_now(db) if j["state"] == "queued"]
             if queued:
                 break
             time.sleep(0.3)

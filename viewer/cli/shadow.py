@@ -24,8 +24,6 @@ def _open(db: str, create: bool = False):
         return ShadowLedger(db, create=create)
     except LedgerError as exc:
         raise CliError(str(exc)) from None
-    except Exception as exc:  # SessionDBError and friends are RadreviewErrors too
-        raise CliError(f"{db}: {exc}") from None
 
 
 def _run(args) -> int:

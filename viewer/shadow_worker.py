@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +57,32 @@ def worker_check(models: dict[str, str]) -> dict[str, Any]:
 
 
 def _fetch(source: dict[str, Any], folder: Path) -> Path:
+    """The series' files under ``folder / "series"`` (returned); nothing is written outside ``folder``."""
     kind = source.get("kind")
+    out = folder / "series"
     if kind == "files":
+        out.mkdir()
         for i, f in enumerate(source["files"]):
             if not os.path.exists(f):
                 raise FileNotFoundError(f"{f}: no such file (the series moved or the share is not mounted)")
-            os.symlink(f, folder / f"{i:05d}.dcm")
-        return folder
+            os.symlink(f, out / f"{i:05d}.dcm")
+        return out
     if kind == "orthanc":
+        import io
+
         from radreview.review.shadow.intake import orthanc_request
 
-        z = folder / "series.zip"
-        z.write_bytes(orthanc_request(source["url"], f"/series/{source['id']}/archive", timeout=300))
-        return z
+        with zipfile.ZipFile(io.BytesIO(orthanc_request(source["url"], f"/series/{source['id']}/archive",
+                                                        timeout=300))) as zf:
+            zf.extractall(out)  # zipfile drops absolute paths and ".." from member names
+        return out
     if kind == "dicom":
         from radreview.studies import drain
         from radreview.studies.pacs import iter_retrieve, resolve_node
 
         node = resolve_node(source["node"])
-        drain(iter_retrieve(node, source["study_uid"], source["series_uid"], folder, method="get"))
-        return folder
+        drain(iter_retrieve(node, source["study_uid"], source["series_uid"], out, method="get"))
+        return out
     raise ValueError(f"unknown source kind {kind!r}")
 
 
@@ -112,27 +119,22 @@ def _summary(run, model_id: str) -> dict[str, Any]:
     return out
 
 
-def _publish(spec: dict[str, Any], path: Path, run, vol) -> str:
+def _publish(spec: dict[str, Any], path: Path, run) -> str:
     """The result as DICOM SR (TID 1500), sent back to the source PACS; returns its SOP Instance UID."""
     from radreview.review.sr import build_sr, read_series
 
     findings = [{"id": f.id, "model": f.model_id, "kind": str(f.kind), "name": f.name, "confidence": f.confidence,
                  "threshold": f.threshold, "probability": f.probability, **f.details, "review": None}
                 for f in run.findings]
-    images = read_series(path if path.is_dir() else [path])
+    images = read_series(path)
     sr = build_sr(images, findings)
-    out = path.parent / "sr.dcm" if not path.is_dir() else path / "radreview-sr.dcm"
+    out = path.parent / "radreview-sr.dcm"  # beside the series' folder, never inside it
     sr.save_as(out, enforce_file_format=True)
     src = spec["source"]
     if src["kind"] == "orthanc":
-        import urllib.request
+        from radreview.review.shadow.intake import orthanc_request
 
-        from radreview.review.shadow.intake import _orthanc_auth
-
-        req = urllib.request.Request(src["url"].rstrip("/") + "/instances", data=out.read_bytes(),
-                                     headers=_orthanc_auth(), method="POST")
-        with urllib.request.urlopen(req, timeout=60):
-            pass
+        orthanc_request(src["url"], "/instances", timeout=60, data=out.read_bytes())
     elif src["kind"] == "dicom":
         from radreview.studies.pacs import resolve_node, store
 
@@ -173,7 +175,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="radreview-shadow-") as tmp:
             try:
                 path = _fetch(spec["source"], Path(tmp))
-            except (OSError, RadreviewError, ValueError) as exc:
+            except (OSError, RadreviewError, ValueError, zipfile.BadZipFile) as exc:
                 return {"ok": False, "permanent": False, "reason": f"fetch failed: {' '.join(str(exc).split())[:300]}",
                         "worker": worker}
             t1 = time.time()
@@ -196,7 +198,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             result = _summary(run, mid)
             result["input"] = _input_stats(vol)
             if spec.get("publish"):
-                result["published_sr"] = _publish(spec, path, run, vol)
+                result["published_sr"] = _publish(spec, path, run)
     except PackageError as exc:
         return {"ok": False, "permanent": True, "reason": f"model {mid}: {exc}", "worker": worker}
     except RadreviewError as exc:

@@ -137,15 +137,17 @@ def _orthanc_auth() -> dict[str, str]:
     return {"Authorization": f"Basic {tok}"}
 
 
-def orthanc_request(base: str, path: str, timeout: float = 30.0) -> bytes:
-    """GET ``base + path`` from Orthanc's REST API (basic authentication from the environment).
+def orthanc_request(base: str, path: str, timeout: float = 30.0, data: bytes | None = None) -> bytes:
+    """GET ``base + path`` from Orthanc's REST API, or POST ``data`` there (basic authentication
+    from the environment).
 
     Raises
     ------
     SourceError
         Unreachable, timed out, or an HTTP error (status named).
     """
-    req = urllib.request.Request(base.rstrip("/") + path, headers=_orthanc_auth())
+    req = urllib.request.Request(base.rstrip("/") + path, data=data, headers=_orthanc_auth(),
+                                 method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read()

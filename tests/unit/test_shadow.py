@@ -392,18 +392,23 @@ def test_orthanc_changes_feed_resumes_and_survives_an_orthanc_restart(tmp_path, 
         db = tmp_path / "ledger.db"
         src = f"orthanc+{srv.url}"
         r = cli("shadow", "run", "--db", db, "--source", src, "--rules", studies["rules"], "--workers", 1, "--once",
-                "--threads", 1, env=env)
+                "--threads", 1, "--publish", env=env)
         assert r.returncode == 0, r.stderr
         led = ShadowLedger(db)
-        assert [j["state"] for j in led.jobs()] == ["done"]
+        assert [j["state"] for j in led.jobs()] == ["done"], [j["reason"] for j in led.jobs()]
         assert int(led.get_meta(f"cursor:orthanc+{srv.url}")) > 0
         led.close()
+        series = [json.loads(srv.request(f"/series/{i}"))["MainDicomTags"] for i in json.loads(srv.request("/series"))]
+        assert sorted(s.get("Modality") for s in series) == ["CT", "SR"]  # --publish sent the SR back
+        _wait_stable(srv, 2)
         again = cli("shadow", "run", "--db", db, "--source", src, "--rules", studies["rules"], "--workers", 1, "--once",
                     env=env)
-        assert again.returncode == 0 and json.loads(again.stdout)["series_seen"] == 0  # resumed after the cursor
+        assert again.returncode == 0, again.stderr
+        body = json.loads(again.stdout)  # resumed after the cursor: only the SR series is new, and not eligible
+        assert body["series_seen"] == 1 and body["queued"] == 0 and body["skipped"] == 1
         # Orthanc goes away while the next series is being fetched
         srv.upload(sorted((studies["root"] / "B70f").iterdir()))
-        _wait_stable(srv, 2)
+        _wait_stable(srv, 3)
         port = _free_port()
         dask = str(Path(sys.executable).parent / "dask")
         sched = _start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"])

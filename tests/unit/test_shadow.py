@@ -259,6 +259,18 @@ def _jobs_now(db) -> list[dict]:
         led.close()
 
 
+def _wait_for_state(db, state: str, timeout: float = 60, alive=None) -> list[dict]:
+    """Poll the ledger a running driver writes until some job is in ``state`` (or ``timeout`` s
+    pass, or the process ``alive`` exits); returns those jobs ([] when none came)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and (alive is None or alive.poll() is None):
+        jobs = [j for j in _jobs_now(db) if j["state"] == state]
+        if jobs:
+            return jobs
+        time.sleep(0.3)
+    return []
+
+
 def _kill_all(procs) -> None:
     """SIGKILL each process group started by :func:`_start` (none outlives its test)."""
     for p in procs:
@@ -345,11 +357,7 @@ def test_postgresql_stopped_mid_run_the_run_waits_and_resumes(tmp_path, studies,
     run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", url, "--source",
                             str(src), "--rules", str(studies["rules"]), "--workers", "1", "--once", "--threads", "1"],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    started = False
-    while time.monotonic() - t0 < 120 and not started:
-        started = any(j["state"] == "running" for j in _jobs_now(url))
-        time.sleep(0.3)
+    started = bool(_wait_for_state(url, "running", timeout=120))
     assert started
     pg_server.halt()
     time.sleep(60)  # a minute without the ledger: the job finishes meanwhile, the driver keeps its result
@@ -419,12 +427,7 @@ def test_orthanc_changes_feed_resumes_and_survives_an_orthanc_restart(tmp_path, 
                                     "--source", src, "--rules", str(studies["rules"]), "--scheduler",
                                     f"tcp://127.0.0.1:{port}", "--once", "--threads", "1"], cwd=ROOT, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 60:
-                queued = [j for j in _jobs_now(db) if j["state"] == "queued"]
-                if queued:
-                    break
-                time.sleep(0.3)
+            queued = _wait_for_state(db, "queued")
             assert queued, "the second series was never queued"
             srv.stop()
             worker = _start([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard",
@@ -467,11 +470,7 @@ def test_scheduler_killed_and_restarted_the_run_resumes(tmp_path, studies):
         run = subprocess.Popen([sys.executable, "-m", "radreview.viewer.cli", "shadow", "run", "--db", str(db),
                                 "--source", str(src), "--rules", str(studies["rules"]), "--scheduler", addr, "--once",
                                 "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        t0 = time.monotonic()
-        running = False
-        while time.monotonic() - t0 < 120 and not running and run.poll() is None:
-            running = any(j["state"] == "running" for j in _jobs_now(db))
-            time.sleep(0.3)
+        running = bool(_wait_for_state(db, "running", timeout=120, alive=run))
         assert running
         time.sleep(1.0)
         os.killpg(procs[0].pid, signal.SIGKILL)
@@ -554,12 +553,7 @@ def test_worker_without_the_model_is_refused_and_a_changed_package_fails_its_job
                                 "--source", str(more), "--rules", str(rules), "--scheduler", addr, "--once",
                                 "--worker-wait", "60"], cwd=ROOT, env=with_model, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 60:
-            queued = [j for j in _jobs_now(db) if j["state"] == "queued"]
-            if queued:
-                break
-            time.sleep(0.3)
+        queued = _wait_for_state(db, "queued")
         assert queued
         onnx = next(pkg.glob("*.onnx"))
         onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")

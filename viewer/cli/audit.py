@@ -38,35 +38,33 @@ def _is_review_store(db: str) -> bool:
     return {"audit_head", "decisions", "signoffs"} <= names
 
 
+def _verify_audited(cls, db: str, what: str, ok_text: str, verify) -> int:
+    """Open an audited SQLAlchemy database (session or ledger) and print or refuse its verification."""
+    from radreview.review.sessions.db import SessionDBError
+
+    try:
+        obj = cls(db)
+    except SessionDBError as exc:
+        raise CliError(str(exc)) from None
+    n, problems = verify(obj)
+    if problems:
+        raise CliError(f"audit log of {what} {obj.name} FAILED verification ({n} rows): " + "; ".join(problems))
+    print(f"audit log of {what} {obj.name}: {n} rows, {ok_text}")
+    return 0
+
+
 def _audit(args) -> int:
     from radreview.review.store import ReviewStore, StoreCorrupt, StoreLocked, StoreMissing
 
     if args.db and not _is_review_store(args.db):  # a reading-session database (SQLite file or postgresql:// URL): its own audit chain
-        from radreview.review.sessions.db import SessionDB, SessionDBError, is_postgres, is_session_db
+        from radreview.review.sessions.db import SessionDB, is_postgres, is_session_db
         from radreview.review.shadow import ShadowLedger, is_ledger
 
         if is_ledger(args.db):  # a shadow ledger: chain plus jobs and results replayed from it
-            try:
-                led = ShadowLedger(args.db)
-            except SessionDBError as exc:
-                raise CliError(str(exc)) from None
-            n, problems = led.verify()
-            if problems:
-                raise CliError(f"audit log of shadow ledger {led.name} FAILED verification ({n} rows): "
-                               + "; ".join(problems))
-            print(f"audit log of shadow ledger {led.name}: {n} rows, hash chain intact, state tables replayed")
-            return 0
-
+            return _verify_audited(ShadowLedger, args.db, "shadow ledger", "hash chain intact, state tables replayed",
+                                   lambda d: d.verify())
         if is_postgres(args.db) or is_session_db(args.db):
-            try:
-                sdb = SessionDB(args.db)
-            except SessionDBError as exc:
-                raise CliError(str(exc)) from None
-            n, problems = sdb.verify_audit()
-            if problems:
-                raise CliError(f"audit log of session {sdb.name} FAILED verification ({n} rows): " + "; ".join(problems))
-            print(f"audit log of session {sdb.name}: {n} rows, hash chain intact")
-            return 0
+            return _verify_audited(SessionDB, args.db, "session", "hash chain intact", lambda d: d.verify_audit())
     try:  # never creates a database: a mistyped --db is an error, not a new empty (intact) log
         store = ReviewStore(args.db, create=False, verify=False)
     except (StoreMissing, StoreCorrupt, StoreLocked) as exc:

@@ -13,10 +13,14 @@ from typing import Any
 
 from .ledger import ShadowLedger
 
-__all__ = ["summary", "STATE_ORDER"]
+__all__ = ["summary", "STATE_ORDER", "MIN_RATE_RESULTS", "MIN_RATE_SPAN_S"]
 
 #: a series with several jobs shows the least finished one
 STATE_ORDER = ("running", "queued", "failed", "done")
+#: fewer stored results, or a shorter span, give no throughput (two results seconds apart would
+#: read as thousands of studies an hour)
+MIN_RATE_RESULTS = 10
+MIN_RATE_SPAN_S = 300.0
 
 
 def _epoch(ts: str) -> float | None:
@@ -32,7 +36,8 @@ def summary(ledger: ShadowLedger, now: float | None = None) -> dict[str, Any]:
     "sensitivity", "specificity", "failed"}}}``.
 
     ``throughput_per_hour``: results stored per hour between the first and the last stored
-    result (None with fewer than two); ``last_hour``: results stored in the hour before ``now``.
+    result (None below :data:`MIN_RATE_RESULTS` results or :data:`MIN_RATE_SPAN_S` seconds);
+    ``last_hour``: results stored in the hour before ``now``.
     """
     from .report import build_report
 
@@ -40,7 +45,7 @@ def summary(ledger: ShadowLedger, now: float | None = None) -> dict[str, Any]:
     jobs = ledger.jobs()
     stored = sorted(e for e in (_epoch(j["updated"]) for j in jobs if j["state"] == "done") if e is not None)
     rate = None
-    if len(stored) >= 2 and stored[-1] > stored[0]:
+    if len(stored) >= MIN_RATE_RESULTS and stored[-1] - stored[0] >= MIN_RATE_SPAN_S:
         rate = round((len(stored) - 1) / ((stored[-1] - stored[0]) / 3600.0), 1)
     fails: dict[str, int] = {}
     states: dict[str, str] = {}

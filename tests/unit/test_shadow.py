@@ -642,3 +642,18 @@ def test_outcomes_from_a_reading_session_and_from_signed_off_reviews(tmp_path, d
     assert led.outcomes()["9.9.9"]["positive"] is False  # the AI's positive was rejected
     assert led.verify()[1] == []
     led.close()
+
+
+def test_panel_summary_gives_no_throughput_from_a_handful_of_results(tmp_path):
+    from radreview.review.shadow.status import MIN_RATE_RESULTS, summary
+
+    led = ShadowLedger(tmp_path / "l.db", create=True)
+    for i in range(2):
+        key = _fake_series(led, f"1.2.{i}")
+        led.start(key)
+        led.complete(key, {"probability": 0.4, "threshold": 0.5, "positive": False})
+    s = summary(led)
+    assert s["counts"]["done"] == 2 and s["last_hour"] == 2
+    assert s["throughput_per_hour"] is None and MIN_RATE_RESULTS > 2  # two results seconds apart are no rate
+    assert s["series_state"] == {"1.2.0": "done", "1.2.1": "done"}
+    led.close()

@@ -123,7 +123,8 @@ class ShadowPanel(QWidget):
         rate = s["throughput_per_hour"]
         self.counts_label.setText(
             f"{c['queued']} queued, {c['running']} running, {c['done']} done, {c['failed']} failed; "
-            f"{c['skipped']} not eligible. Throughput: {_fmt(rate, 1)} studies/hour "
+            f"{c['skipped']} not eligible. Throughput: "
+            f"{_fmt(rate, 1) + ' studies/hour' if rate is not None else 'n/a (too few results yet)'} "
             f"({s['last_hour']} in the last hour).")
         self.models_table.setRowCount(len(s["models"]))
         for i, (mid, m) in enumerate(sorted(s["models"].items())):
